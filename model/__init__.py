@@ -1,0 +1,1 @@
+"""skelpgt.model."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: one tiny synthetic models directory per test session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A complete synthetic models directory (tiny skeleton mesh, full 6890-vertex skin)."""
+    from skelpgt.fitting.synthetic import make_synthetic_models
+
+    return make_synthetic_models(tmp_path_factory.mktemp("models"), tiny=True)
+
+
+@pytest.fixture(scope="session")
+def skel_model(models_dir):
+    from skelpgt.fitting.skel import SKEL
+
+    return SKEL.from_file(models_dir, gender="male")
+
+
+@pytest.fixture(scope="session")
+def vertex_mirror(skel_model):
+    """Index of each template vertex's mirror image (x → −x), found geometrically."""
+    from scipy.spatial import cKDTree
+
+    v = skel_model.v_template.double().numpy()
+    dist, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+    assert dist.max() < 1e-6, "stand-in template is not mirror-symmetric"
+    return torch.from_numpy(idx)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_dirs(tmp_path_factory, models_dir):
+    """Keep the suite out of the user's cache and default models folder."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("SKELPGT_CACHE_DIR", "SKELPGT_MODELS_DIR")}
+    os.environ["SKELPGT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["SKELPGT_MODELS_DIR"] = str(models_dir)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
