@@ -17,6 +17,7 @@ Differences from the official forward, all deliberate:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -301,6 +302,7 @@ class SKEL(nn.Module):
         j_osim = _float32(data["J_regressor_osim"])
         n = v_template.shape[0]
         self.num_verts = n
+        self.vertex_ids: Tensor | None = None  # set on vertex-restricted copies
         self.register_buffer("v_template", v_template)
         self.register_buffer("shapedirs", shapedirs.reshape(n * 3, NUM_BETAS).T.contiguous())  # (10, 3N)
         self.register_buffer("posedirs", _float32(data["posedirs"]).reshape(n * 3, 207).T.contiguous())
@@ -342,6 +344,20 @@ class SKEL(nn.Module):
         if isinstance(data, dict):
             data = check_skel_dict(data, pkl)
         return cls(data, gender=gender, source=str(pkl))
+
+    def restricted_to(self, vertex_ids: Tensor) -> "SKEL":
+        """The same model posing only the skin vertices `vertex_ids` (K,): a cheap fitting target."""
+        sub = copy.copy(self)
+        sub._buffers = dict(self._buffers)
+        idx = torch.as_tensor(vertex_ids, dtype=torch.long, device=self.v_template.device)
+        cols = (idx[:, None] * 3 + torch.arange(3, device=idx.device)).reshape(-1)
+        sub.v_template = self.v_template[idx]
+        sub.shapedirs = self.shapedirs[:, cols].contiguous()
+        sub.posedirs = self.posedirs[:, cols].contiguous()
+        sub.skin_weights = self.skin_weights[idx]
+        sub.num_verts = len(idx)
+        sub.vertex_ids = idx
+        return sub
 
     # -- pieces of the forward, each usable on its own -------------------------------------
 
@@ -420,6 +436,8 @@ class SKEL(nn.Module):
         per_vertex = (self.skin_weights @ transforms.reshape(b, NUM_JOINTS, 12)).view(b, self.num_verts, 3, 4)
         skin = (per_vertex[..., :3] @ v_posed[..., None])[..., 0] + per_vertex[..., 3] + trans[:, None]
 
+        if skelmesh and self.vertex_ids is not None:
+            raise ValueError("a vertex-restricted SKEL cannot pose the skeleton mesh (it needs the whole skin)")
         skel_verts = self._skeleton_mesh(v_shaped, joints_rest, align, transforms) + trans[:, None] if skelmesh else None
         return SKELOutput(
             skin_verts=skin,

@@ -164,6 +164,27 @@ def skinning_weights(
     return 0.5 * (weights + weights[mesh.mirror][:, list(joint_mirror)])
 
 
+# SMPL joint → the SKEL bone that moves the same skin (the real SKEL's skinning was fitted to
+# reproduce SMPL meshes, so its weights follow SMPL's).
+_SKEL_BONE_OF_SMPL_JOINT = (0, 6, 1, 11, 7, 2, 12, 8, 3, 12, 10, 5, 13, 19, 14, 13, 20, 15, 21, 16, 23, 18, 23, 18)
+# SKEL bones SMPL has no joint for, and the bone whose skin they take over where nearest.
+_SKEL_SPLIT_BONES = {4: 3, 9: 8, 17: 16, 22: 21}  # calcanei from tali, radii from ulnae
+
+
+def skel_skin_weights(mesh: BodyMesh, smpl_weights: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(N,24) SKEL skinning: SMPL's weights moved to the matching SKEL bones; heels and distal
+    forearms handed to calcaneus and radius where those bones are the nearest."""
+    weights = np.zeros((len(mesh.verts), 24))
+    np.add.at(weights.T, list(_SKEL_BONE_OF_SMPL_JOINT), smpl_weights.T)
+    dist, _ = _distance_to_segments(mesh.verts, starts, ends)
+    nearest = dist.argmin(1)
+    for bone, donor in _SKEL_SPLIT_BONES.items():
+        take = nearest == bone
+        weights[take, bone] += weights[take, donor]
+        weights[take, donor] = 0.0
+    return 0.5 * (weights + weights[mesh.mirror][:, list(SKEL_JOINT_MIRROR)])
+
+
 # -- blend shapes -------------------------------------------------------------------------------
 
 
@@ -217,27 +238,47 @@ def pose_directions(mesh: BodyMesh, rng: np.random.Generator, scale: float = 0.0
 # -- SKEL rest skeleton ---------------------------------------------------------------------------
 
 
+_TO_SMPL = _rot_y(-math.pi / 2)  # OpenSim axes (x front, y up, z right) → SMPL's (x left, y up, z front)
+_ARMS = ((15, (15, 16, 17, 18), 1.0), (20, (20, 21, 22, 23), -1.0))  # shoulder, bones, side
+
+
+def _bsm_bone_rotations() -> np.ndarray:
+    """Absolute rest rotation (24,3,3) of each BSM bone frame (SMPL axes) from the anatomical
+    position: arms hanging at the sides are the frames' zero, BSM's rest lifts them 45°."""
+    rot = np.repeat(np.eye(3)[None], 24, axis=0)
+    for _, bones, side in _ARMS:
+        rot[list(bones)] = _rot_z(-side * (math.pi / 2 - _ARM_DROP))
+    return rot
+
+
 def bsm_rest_joints(skel_joints: np.ndarray) -> np.ndarray:
     """BSM rest-pose joints (24,3): the stand-in's skeleton, a bit taller, arms 45° down."""
     rest = skel_joints.copy()
-    for shoulder, chain, sign in ((15, (16, 17, 18), 1.0), (20, (21, 22, 23), -1.0)):
-        rot = _rot_z(sign * _ARM_DROP)
-        rest[list(chain)] = (rest[list(chain)] - rest[shoulder]) @ rot.T + rest[shoulder]
+    for shoulder, bones, side in _ARMS:
+        down = _rot_z(side * _ARM_DROP)  # from the T-pose's horizontal arms
+        rest[list(bones)] = (rest[list(bones)] - rest[shoulder]) @ down.T + rest[shoulder]
     return rest * _BSM_SCALE
 
 
 def skel_joint_frames(skel_joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """per_joint_rot (24,3,3) and apose_rel_transfo (24,4,4) of the stand-in."""
-    to_smpl = _rot_y(-math.pi / 2)  # OpenSim (x front, y up, z right) → SMPL (x left, y up, z front)
-    per_joint_rot = np.repeat(to_smpl[None], 24, axis=0)
+    """per_joint_rot (24,3,3) and apose_rel_transfo (24,4,4) of the stand-in.
+
+    Bone frames are OpenSim-oriented and turn with their bone in the BSM rest pose, so a DOF
+    axis keeps its anatomical meaning when SKEL's bone alignment brings the arm up to the T-pose.
+    """
+    absolute = _TO_SMPL.T @ _bsm_bone_rotations() @ _TO_SMPL  # per bone, OpenSim axes
+    parent = absolute[[0, *PARENTS[1:]]]
+    parent[0] = np.eye(3)
+    per_joint_rot = _TO_SMPL @ absolute  # bone frame → SMPL axes, before the bone alignment
     rest = bsm_rest_joints(skel_joints)
     offsets = rest - rest[[0, *PARENTS[1:]]]
     offsets[0] = rest[0]
     apose = np.repeat(np.eye(4)[None], 24, axis=0)
-    apose[:, :3, 3] = offsets @ to_smpl  # offsets in the parent's OpenSim frame
+    apose[:, :3, :3] = parent.transpose(0, 2, 1) @ absolute
+    apose[:, :3, 3] = np.einsum("jba,jb->ja", parent, offsets @ _TO_SMPL)  # in the parent's frame
     # Turn the left talus frame so its (unmirrored) ankle axis acts as the mirror of the right one.
     axis = np.asarray(DOF_AXES[DOF_NAMES.index("ankle_angle_l")])
-    apose[8, :3, :3] = _rotation_between(axis, axis * np.array([1.0, 1.0, -1.0]) * -1.0).T
+    apose[8, :3, :3] = apose[8, :3, :3] @ _rotation_between(axis, axis * np.array([-1.0, -1.0, 1.0])).T
     return per_joint_rot, apose
 
 
@@ -324,7 +365,7 @@ def build_bodies(seed: int = 0) -> dict[str, SyntheticBody]:
     posedirs = pose_directions(mesh, rng)
     skel_joints = skel_joint_targets()
     skel_starts, skel_ends = _segments(skel_joints, PARENTS, _SKEL_LEAF_TIPS, SKEL_JOINT_MIRROR)
-    skel_weights = skinning_weights(mesh, skel_starts, skel_ends, SKEL_JOINT_MIRROR)
+    skel_weights = skel_skin_weights(mesh, smpl_weights, skel_starts, skel_ends)
     smpl_reg = symmetrize_joint_rows(vertex_regressor(mesh.verts, mesh.joints), SMPL_JOINT_MIRROR, mesh.mirror)
     skel_reg = symmetrize_joint_rows(vertex_regressor(mesh.verts, skel_joints), SKEL_JOINT_MIRROR, mesh.mirror)
     # Gendered templates: the female stand-in is smaller with narrower shoulders and wider hips.
