@@ -1,0 +1,169 @@
+"""`verify`: check a release round against its manifest (checksums, counts, label digest) and the label store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .quarantine import Quarantine, read_quarantine
+from .release import MANIFEST, QUARANTINE, RELEASE_FORMAT, _combined_label_digest, resolve_round
+from .shards import ShardInfo, _label_digest_update, iter_shard, sha256_file
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of `verify_release`: ok iff no errors; `checked` holds what was counted."""
+
+    path: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_markdown(self) -> str:
+        """Report -> markdown summary (status, counts, every error and warning)."""
+        lines = [f"# verify {self.path}", "", f"**{'OK' if self.ok else 'FAILED'}** — {len(self.errors)} error(s), {len(self.warnings)} warning(s)", ""]
+        if self.checked:
+            lines += ["| check | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(self.checked.items())] + [""]
+        for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
+            if items:
+                lines += [f"## {title}", ""] + [f"- {e}" for e in items] + [""]
+        return "\n".join(lines)
+
+
+def _store_check(report: VerifyReport, store_path: str | os.PathLike, ids: np.ndarray, keys: list[str], sides: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    from .labelstore import open_store
+
+    with open_store(store_path) as st:
+        n = len(st)
+        missing = (ids < 0) | (ids >= n)
+        if missing.any():
+            report.errors.append(f"{int(missing.sum())} label id(s) not in the store (e.g. {ids[missing][:5].tolist()}; store has {n} rows)")
+        present = ~missing
+        if not present.any():
+            return
+        pid = ids[present]
+        cols = st.get(pid, ("label_id", "sample_key", "side", "poses", "betas", "trans"))
+    pos = np.searchsorted(cols["label_id"], pid)
+    mism_key = [k for k, s, j in zip(np.asarray(keys, dtype=object)[present], sides[present], pos) if cols["sample_key"][j] != k or cols["side"][j] != s]
+    if mism_key:
+        report.errors.append(f"{len(mism_key)} label id(s) belong to another sample/side in the store (e.g. {mism_key[:3]})")
+    # the shard writer turns a non-finite label into zeros (HSMR would otherwise train on it)
+    finite = np.ones(pos.size, bool)
+    for name in ("poses", "betas", "trans"):
+        finite &= np.isfinite(cols[name][pos]).all(axis=1)
+    for name in ("poses", "betas", "trans"):
+        expected = np.where(finite[:, None], cols[name][pos], np.float32(0))
+        diff = ~np.all(arrays[name][present] == expected, axis=1)
+        if diff.any():
+            report.errors.append(f"{int(diff.sum())} label(s) differ from the store in {name}")
+    report.checked["labels checked against store"] = int(present.sum())
+
+
+def verify_release(path: str | os.PathLike, round: int | None = None, *, store: str | os.PathLike | None = None) -> VerifyReport:
+    """Round/release folder (+ optional labels.h5 or workdir) -> VerifyReport; never raises on a bad release."""
+    try:
+        rdir = resolve_round(path, round)
+    except (FileNotFoundError, ValueError) as exc:
+        return VerifyReport(str(path), errors=[str(exc)])
+    rep = VerifyReport(str(rdir))
+    try:
+        manifest = json.loads((rdir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        rep.errors.append(f"manifest.json unreadable: {exc}")
+        return rep
+    if manifest.get("format") != RELEASE_FORMAT:
+        rep.errors.append(f"manifest format {manifest.get('format')!r}, expected {RELEASE_FORMAT!r}")
+        return rep
+    listed = {s["name"] for s in manifest["shards"]}
+    on_disk = {p.name for p in rdir.glob("*.tar")}
+    for extra in sorted(on_disk - listed):
+        rep.errors.append(f"{extra}: shard on disk but not in the manifest")
+    for tmp in sorted(p.name for p in rdir.glob("*.tmp")):
+        rep.warnings.append(f"{tmp}: leftover temporary file")
+
+    infos: list[ShardInfo] = []
+    ids_all, keys_all, sides_all = [], [], []
+    arrays_all: dict[str, list] = {"poses": [], "betas": [], "trans": []}
+    want_labels = store is not None
+    for s in manifest["shards"]:
+        p = rdir / s["name"]
+        if not p.is_file():
+            rep.errors.append(f"{s['name']}: missing")
+            continue
+        size = p.stat().st_size
+        if size != s["bytes"]:
+            rep.errors.append(f"{s['name']}: size {size} != manifest {s['bytes']}")
+        digest = sha256_file(p)
+        if digest != s["sha256"]:
+            rep.errors.append(f"{s['name']}: sha256 mismatch (file {digest[:16]}…, manifest {s['sha256'][:16]}…)")
+        h = hashlib.sha256()
+        q = Quarantine()
+        n_s = n_p = n_l = 0
+        for sample in iter_shard(p, q):
+            n_s += 1
+            n_p += len(sample.persons)
+            try:
+                n_l += _label_digest_update(h, sample.key, sample.persons)
+            except (KeyError, TypeError, ValueError) as exc:
+                rep.errors.append(f"{s['name']}: sample {sample.key} lacks label fields ({exc})")
+                continue
+            if want_labels:
+                for i, person in enumerate(sample.persons):
+                    for side in ("orig", "flip"):
+                        lid = int(person[f"{side}_label_id"])
+                        if lid >= 0:
+                            ids_all.append(lid)
+                            keys_all.append(f"{sample.key}_{i}")
+                            sides_all.append(side)
+                            for name in arrays_all:
+                                arrays_all[name].append(person[f"{side}_{name}"])
+        for e in q:
+            rep.errors.append(f"{s['name']}: {e.key}: {e.reason}")
+        for label, got in (("samples", n_s), ("persons", n_p), ("labelled", n_l)):
+            if got != s[label]:
+                rep.errors.append(f"{s['name']}: {label} {got} != manifest {s[label]}")
+        if h.hexdigest() != s["label_digest"]:
+            rep.errors.append(f"{s['name']}: label digest mismatch")
+        infos.append(ShardInfo(s["name"], digest, size, n_s, n_p, n_l, h.hexdigest()))
+
+    c = manifest["counts"]
+    tot = {k: sum(getattr(i, k) for i in infos) for k in ("samples", "persons", "labelled")}
+    for k, v in tot.items():
+        if v != c[k]:
+            rep.errors.append(f"counts.{k}: shards hold {v}, manifest says {c[k]}")
+    if c["in"] != c["persons"] + c["quarantined"]:
+        rep.errors.append(f"counts do not add up: in {c['in']} != persons {c['persons']} + quarantined {c['quarantined']}")
+    if c["unlabelled"] != c["persons"] - c["labelled"]:
+        rep.errors.append("counts.unlabelled != persons - labelled")
+    qpath = rdir / QUARANTINE
+    if not qpath.is_file():
+        rep.errors.append("quarantine.jsonl missing")
+    else:
+        if sha256_file(qpath) != manifest["quarantine"]["sha256"]:
+            rep.errors.append("quarantine.jsonl: sha256 mismatch")
+        try:
+            n_q = len(read_quarantine(qpath))
+            if n_q != c["quarantined"]:
+                rep.errors.append(f"quarantine.jsonl has {n_q} entries, manifest says {c['quarantined']}")
+        except (ValueError, KeyError) as exc:
+            rep.errors.append(f"quarantine.jsonl unreadable: {exc}")
+    if len(infos) == len(manifest["shards"]) and _combined_label_digest(infos) != manifest["label_digest"]:
+        rep.errors.append("release label digest mismatch")
+    rep.checked.update({"shards": len(manifest["shards"]), **{f"counts.{k}": v for k, v in c.items()}})
+    if want_labels:
+        if ids_all:
+            _store_check(
+                rep, store, np.asarray(ids_all, np.int64), keys_all, np.asarray(sides_all, dtype=object),
+                {k: np.stack(v).astype(np.float32) for k, v in arrays_all.items()},
+            )  # fmt: skip
+        else:
+            rep.checked["labels checked against store"] = 0
+    return rep
