@@ -181,3 +181,26 @@ def eval_violation_per_joint(q: Tensor, tol_deg: float = 5.0) -> Tensor:
 def eval_violation(q: Tensor, tol_deg: float = 5.0) -> Tensor:
     """HSMR evaluation violation (knees, elbows, forearms; 5 deg tolerance): q (..., 46) rad -> (...) rad, worst joint; 0 = no violation."""
     return eval_violation_per_joint(q, tol_deg).amax(dim=-1)
+
+
+def mirror_consistent_bounds() -> Tensor:
+    """(43,2) bounds like LIMIT_BOUNDS, with every left DOF given the mirror of its right twin's
+    range, so a fit of a person and of its mirror image are held by the same limits.
+
+    HSMR's table is not mirror-consistent (scapula elevation has the same signed range on both
+    sides although the mirror flips its sign; pro_sup and scapula_upward_rot differ in width).
+    Fitting priors use this version; reported violations keep HSMR's table.
+    """
+    from .mirror import MIRROR_PERMUTATION, MIRROR_SIGNS
+
+    bounds = torch.as_tensor(LIMIT_BOUNDS, dtype=torch.float64).clone()
+    row_of = {int(q): i for i, q in enumerate(LIMIT_QIDS)}
+    for row, q in enumerate(LIMIT_QIDS):
+        name = LIMIT_NAMES[row]
+        twin = int(MIRROR_PERMUTATION[int(q)])
+        if not name.endswith("_l") or twin not in row_of:
+            continue
+        low, high = LIMIT_BOUNDS[row_of[twin]]
+        sign = float(MIRROR_SIGNS[int(q)])
+        bounds[row] = torch.tensor(sorted((sign * low, sign * high)), dtype=torch.float64)
+    return bounds

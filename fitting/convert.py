@@ -1,0 +1,452 @@
+"""SMPL → SKEL conversion: fit SKEL's skin to each person's SMPL mesh, batched and per sample.
+
+Two methods behind `Converter.convert`:
+
+* `fast` (default): a closed-form start (β mapped linearly between the two shape spaces, each
+  bone's rotation from a weighted Procrustes fit of its skin, solved into the joint's DOFs, the
+  pelvis placed on its regressed target), then a few Levenberg–Marquardt steps per sample on a
+  vertex subset + the 24 anatomical joints + a joint-limit hinge (forward-mode Jacobian), then
+  one full-mesh evaluation for the metrics.
+* `staged-lbfgs`: the official aligner's four stages, masks and loss weights
+  (skel-model.md §6.4–6.5) with every loss per sample and each person optimised on its own, so a
+  result never depends on its batch (the official code couples a batch through a spectral norm,
+  a sequence-length normaliser and one shared line search). β is fitted too (the official code
+  copies SMPL's β, right only when the genders match). This is the baseline.
+
+Frames: SMPL's (metres, y up). Targets are SMPL vertices (B,6890,3), or SMPL parameters
+(axis-angle pose (B,72), betas (B,10), trans (B,3)) turned into vertices with smplx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import roma
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+from tqdm import tqdm
+
+from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
+from .mirror import mirror_smpl_pose, mirror_translation
+from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL
+from .smpl import smpl_forward
+
+METHODS = ("fast", "staged-lbfgs")
+MAX_ABS_BETA = 5.0
+_NUM_PARAMS = NUM_DOFS + 10 + 3
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Everything that changes a conversion's numbers; its digest is stored with every label."""
+
+    method: str = "fast"
+    skel_gender: str = "male"
+    smpl_gender: str = "neutral"
+    chunk_size: int = 256
+    # fast
+    lm_iterations: int = 10
+    fit_vertices: int = 300  # before adding mirror images
+    joint_weight: float = 0.0  # anatomical joints regressed from the SMPL mesh (the official aligner's target)
+    limit_weight: float = 1e-3
+    beta_weight: float = 1e-8
+    # staged-lbfgs
+    lbfgs_steps: int = 10
+    lbfgs_max_iter: int = 20
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown conversion method {self.method!r}; choose one of {METHODS}")
+
+    def digest(self) -> str:
+        """Stable short hash of the configuration (sorted JSON)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class ConversionResult:
+    """Per-person SKEL fit: parameters, fit metrics (metres / degrees) and a status."""
+
+    poses: Tensor  # (N,46) rad
+    betas: Tensor  # (N,10)
+    trans: Tensor  # (N,3) m
+    pve_mean: Tensor  # (N,) m, mean skin-vertex distance to the SMPL mesh (NaN if not fitted)
+    pve_max: Tensor  # (N,) m
+    limit_violation: Tensor  # (N,) degrees outside HSMR's joint limits, summed
+    converged: Tensor  # (N,) bool
+    reason: list[str] = field(default_factory=list)  # '' when converged
+    method: str = "fast"
+    config_digest: str = ""
+
+    @staticmethod
+    def concat(parts: list["ConversionResult"]) -> "ConversionResult":
+        """Join chunk results in order."""
+        first = parts[0]
+        tensors = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first) if f.name not in ("reason", "method", "config_digest")}
+        return ConversionResult(**tensors, reason=[r for p in parts for r in p.reason], method=first.method, config_digest=first.config_digest)
+
+
+def check_inputs(**arrays: Tensor) -> list[str]:
+    """Per-sample reasons a conversion cannot run ('' = fine): non-finite values, extreme betas."""
+    n = next(iter(arrays.values())).shape[0]
+    reasons = [""] * n
+    for name, value in arrays.items():
+        bad = ~torch.isfinite(value.reshape(n, -1)).all(dim=1)
+        for i in torch.nonzero(bad).flatten().tolist():
+            reasons[i] = reasons[i] or f"{name} has NaN/Inf values"
+        if name.endswith("betas"):
+            extreme = value.reshape(n, -1).abs().amax(dim=1) > MAX_ABS_BETA
+            for i in torch.nonzero(extreme & ~bad).flatten().tolist():
+                reasons[i] = reasons[i] or f"{name} outside ±{MAX_ABS_BETA:g}"
+    return reasons
+
+
+class Converter:
+    """Fits SKEL (male or female) to SMPL meshes. Build once, call `convert` on any number of people."""
+
+    def __init__(self, smpl, skel: SKEL, config: ConvertConfig = ConvertConfig()) -> None:
+        self.smpl, self.skel, self.config = smpl, skel, config
+        self.beta_map, self.beta_offset = _shape_space_map(smpl, skel)
+        self.fit_ids = _spread_vertices(skel.v_template, config.fit_vertices)
+        # With its mirror image added, the subset treats a person and its flip alike.
+        self.fit_ids = torch.unique(torch.cat((self.fit_ids, _vertex_mirror(skel.v_template)[self.fit_ids])))
+        self.fit_skel = skel.restricted_to(self.fit_ids)
+        self.bone_ids, self.bone_weights = _bone_vertex_sets(skel.skin_weights)
+        self.joint_regressor = skel.J_regressor_osim
+        bounds = mirror_consistent_bounds().float()  # a person and its flip meet the same limits
+        self.low, self.high = bounds[:, 0], bounds[:, 1]
+        self.limit_ids = torch.as_tensor(LIMIT_QIDS, dtype=torch.long)
+
+    @classmethod
+    def from_models_dir(cls, models_dir, config: ConvertConfig = ConvertConfig()) -> "Converter":
+        """Load SMPL (config.smpl_gender) and SKEL (config.skel_gender) from a models directory."""
+        from .smpl import load_smpl
+
+        return cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config)
+
+    # -- public -----------------------------------------------------------------------------
+
+    def convert(
+        self,
+        pose: Tensor | None = None,
+        betas: Tensor | None = None,
+        trans: Tensor | None = None,
+        vertices: Tensor | None = None,
+        progress: bool = False,
+    ) -> ConversionResult:
+        """SMPL pose (N,72)+betas (N,10)+trans (N,3), or SMPL vertices (N,6890,3) → SKEL fits (N)."""
+        inputs = _as_inputs(pose, betas, trans, vertices)
+        n = next(iter(inputs.values())).shape[0]
+        parts = []
+        # Fixed chunks bound memory and keep every person's numbers independent of the input size.
+        for start in tqdm(range(0, n, self.config.chunk_size), disable=not progress, unit="chunk", desc=self.config.method):
+            chunk = {k: v[start : start + self.config.chunk_size] for k, v in inputs.items()}
+            parts.append(self._convert_chunk(chunk))
+        return ConversionResult.concat(parts)
+
+    def convert_with_flip(
+        self, pose: Tensor, betas: Tensor, trans: Tensor | None = None, progress: bool = False
+    ) -> tuple[ConversionResult, ConversionResult]:
+        """Fits of the person and, independently, of its mirror image (the standard SMPL flip)."""
+        pose = torch.as_tensor(pose, dtype=torch.float32)
+        trans = torch.zeros_like(pose[:, :3]) if trans is None else torch.as_tensor(trans, dtype=torch.float32)
+        orig = self.convert(pose, betas, trans, progress=progress)
+        return orig, self.convert(mirror_smpl_pose(pose), betas, mirror_translation(trans), progress=progress)
+
+    # -- one chunk --------------------------------------------------------------------------
+
+    def _convert_chunk(self, inputs: dict[str, Tensor]) -> ConversionResult:
+        reasons = check_inputs(**inputs)
+        ok = torch.tensor([not r for r in reasons], dtype=torch.bool)
+        n = len(reasons)
+        poses, betas, trans = torch.zeros(n, NUM_DOFS), torch.zeros(n, 10), torch.zeros(n, 3)
+        pve_mean, pve_max = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
+        violation = torch.full((n,), float("nan"))
+        if ok.any():
+            # Good samples are packed and padded to a fixed chunk shape, so every person goes
+            # through numerically identical kernels whatever batch it came in.
+            count = int(ok.sum())
+            rows = torch.nonzero(ok).flatten()
+            rows = torch.cat((rows, rows[-1:].expand(self.config.chunk_size - count)))
+            good = {k: v[rows] for k, v in inputs.items()}
+            with torch.no_grad():
+                target, smpl_betas = self._targets(good)
+            fit = self._fit_fast if self.config.method == "fast" else self._fit_staged
+            q, b, t = (v[:count] for v in fit(target, smpl_betas, count))
+            q = wrap_angles(q)
+            with torch.no_grad():
+                skin = self.skel(q, b, t).skin_verts
+                dist = (skin - target[:count]).norm(dim=-1)
+            poses[ok], betas[ok], trans[ok] = q, b, t
+            pve_mean[ok], pve_max[ok] = dist.mean(-1), dist.amax(-1)
+            violation[ok] = limit_violation(q)
+        converged = ok & torch.isfinite(pve_max)
+        reasons = [r or ("" if c else "fit diverged (non-finite result)") for r, c in zip(reasons, converged.tolist())]
+        return ConversionResult(poses, betas, trans, pve_mean, pve_max, violation, converged, reasons, self.config.method, self.config.digest())
+
+    def _targets(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        if "vertices" in inputs:
+            return inputs["vertices"].float(), None
+        verts, _ = smpl_forward(self.smpl, inputs["pose"].float(), inputs["betas"].float(), inputs["trans"].float())
+        return verts, inputs["betas"].float()
+
+    # -- fast: closed-form start + Levenberg–Marquardt -----------------------------------------
+
+    @torch.no_grad()
+    def initial_guess(self, target: Tensor, smpl_betas: Tensor | None) -> Tensor:
+        """Start parameters (B,59) = (q, β, τ): mapped β, per-bone Procrustes rotations, pelvis placed."""
+        b = target.shape[0]
+        betas = torch.zeros(b, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
+        v_shaped, joints = self.skel.shape(betas)
+        rest = v_shaped[:, self.bone_ids]  # (B,24,K,3)
+        posed = target[:, self.bone_ids]
+        w = self.bone_weights.expand(b, -1, -1)
+        glob, _ = roma.rigid_points_registration(rest.flatten(0, 1), posed.flatten(0, 1), weights=w.flatten(0, 1))
+        glob = glob.view(b, 24, 3, 3)
+        parent = glob[:, [0, *PARENTS[1:]]]
+        local = parent.transpose(-1, -2) @ glob
+        local[:, 0] = glob[:, 0]
+        frame = self.skel.bone_alignment(joints) @ self.skel.apose_rot.transpose(-1, -2)
+        q = dofs_from_rotations(frame.transpose(-1, -2) @ local @ frame)
+        anat = torch.einsum("jv,bvc->bjc", self.joint_regressor, target)
+        trans = anat[:, 0] - joints[:, 0]
+        return torch.cat((q, betas, trans), dim=1)
+
+    def _fit_fast(self, target: Tensor, smpl_betas: Tensor | None, count: int) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.config
+        x = self.initial_guess(target, smpl_betas)
+        goal = self._fit_goal(target)
+        damping = torch.full((x.shape[0],), 0.1)
+        with torch.no_grad():
+            cost = self._residuals(x, goal).square().sum(-1)
+        for _ in range(cfg.lm_iterations):
+            jac, res = self._jacobian(x, goal)
+            jtj = jac.transpose(1, 2) @ jac
+            grad = jac.transpose(1, 2) @ res[..., None]
+            diag = torch.diagonal(jtj, dim1=1, dim2=2)
+            system = jtj + torch.diag_embed(damping[:, None] * diag + 1e-9)
+            step = torch.linalg.solve(system, -grad)[..., 0]
+            with torch.no_grad():
+                trial = x + step
+                trial_cost = self._residuals(trial, goal).square().sum(-1)
+            better = torch.isfinite(trial_cost) & (trial_cost < cost)
+            x = torch.where(better[:, None], trial, x)
+            cost = torch.where(better, trial_cost, cost)
+            damping = torch.where(better, damping / 3, damping * 4).clamp(1e-7, 1e7)
+        return x[:, :NUM_DOFS], x[:, NUM_DOFS : NUM_DOFS + 10], x[:, NUM_DOFS + 10 :]
+
+    def _fit_goal(self, target: Tensor) -> dict[str, Tensor]:
+        anat = torch.einsum("jv,bvc->bjc", self.joint_regressor, target)
+        return {"verts": target[:, self.fit_ids], "joints": anat}
+
+    def _residuals(self, x: Tensor, goal: dict[str, Tensor]) -> Tensor:
+        """Stacked weighted residuals (B,M): vertex subset, anatomical joints, limit hinge, β prior."""
+        cfg = self.config
+        q, betas, trans = x[:, :NUM_DOFS], x[:, NUM_DOFS : NUM_DOFS + 10], x[:, NUM_DOFS + 10 :]
+        out = self.fit_skel(q, betas, trans)
+        k = goal["verts"].shape[1]
+        limited = q[:, self.limit_ids]
+        hinge = torch.relu(self.low - limited) + torch.relu(limited - self.high)
+        return torch.cat(
+            (
+                ((out.skin_verts - goal["verts"]) / math.sqrt(k)).flatten(1),
+                ((out.joints - goal["joints"]) * math.sqrt(cfg.joint_weight / 24)).flatten(1),
+                hinge * math.sqrt(cfg.limit_weight),
+                betas * math.sqrt(cfg.beta_weight),
+            ),
+            dim=1,
+        )
+
+    def _jacobian(self, x: Tensor, goal: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Jacobian (B,M,59) of the residuals by forward-mode AD, one tangent per parameter."""
+        b, p = x.shape
+        jac_parts, res = [], None
+        for start in range(0, b, 32):  # bounds memory: the batch is replicated once per parameter
+            xs = x[start : start + 32]
+            bs = xs.shape[0]
+            primal = xs[None].expand(p, bs, p).reshape(p * bs, p)
+            tangent = torch.eye(p)[:, None, :].expand(p, bs, p).reshape(p * bs, p)
+            goal_rep = {k: v[start : start + bs].repeat(p, *([1] * (v.dim() - 1))) for k, v in goal.items()}
+            with forward_ad.dual_level():
+                out = self._residuals(forward_ad.make_dual(primal, tangent), goal_rep)
+                value, deriv = forward_ad.unpack_dual(out)
+            jac_parts.append(deriv.view(p, bs, -1).permute(1, 2, 0))
+            res = value.view(p, bs, -1)[0] if res is None else torch.cat((res, value.view(p, bs, -1)[0]))
+        return torch.cat(jac_parts), res
+
+    # -- staged-lbfgs: the official schedule, one person at a time ------------------------------
+
+    def _fit_staged(self, target: Tensor, smpl_betas: Tensor | None, count: int) -> tuple[Tensor, Tensor, Tensor]:
+        results = [self._fit_staged_one(target[i : i + 1], None if smpl_betas is None else smpl_betas[i : i + 1]) for i in range(count)]
+        return tuple(torch.cat(parts) for parts in zip(*results))  # type: ignore[return-value]
+
+    def _fit_staged_one(self, target: Tensor, smpl_betas: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        stages = _official_stages(self.smpl.lbs_weights, self.skel)
+        betas0 = torch.zeros(1, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
+        q = torch.zeros(1, NUM_DOFS)
+        trans = torch.einsum("jv,bvc->bjc", self.joint_regressor, target)[:, 0] - self.skel.shape(betas0)[1][:, 0]
+        betas = betas0.clone()
+        anat = torch.einsum("jv,bvc->bjc", self.joint_regressor, target)
+        for stage in stages:
+            q_start = q.detach().clone()
+            params = [q.requires_grad_(True), betas.requires_grad_(True)]
+            if stage["trans"]:
+                params.append(trans.requires_grad_(True))
+            opt = torch.optim.LBFGS(params, lr=stage["lr"], max_iter=self.config.lbfgs_max_iter, tolerance_change=stage["tol"], line_search_fn="strong_wolfe")
+            free, vmask, jmask = stage["free"], stage["verts"], stage["joints"]
+
+            def closure():
+                opt.zero_grad()
+                q_used = q * free + q_start * (1 - free)
+                out = self.skel(q_used, betas, trans)
+                err = (out.skin_verts[:, vmask] - target[:, vmask]).square().sum() / vmask.sum()
+                loss = stage["w_verts"] * err
+                loss = loss + stage["w_joint"] * ((out.joints - anat).square() * jmask[None, :, None]).mean()
+                loss = loss + stage["w_pose"] * q_used[:, 3:].norm()
+                loss.backward()
+                return loss
+
+            for _ in range(self.config.lbfgs_steps):
+                opt.step(closure)
+            with torch.no_grad():
+                q = (q * free + q_start * (1 - free)).detach()
+                betas, trans = betas.detach(), trans.detach()
+        return q, betas, trans
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _as_inputs(pose, betas, trans, vertices) -> dict[str, Tensor]:
+    if vertices is not None:
+        vertices = torch.as_tensor(vertices, dtype=torch.float32)
+        if vertices.dim() != 3 or vertices.shape[1:] != (6890, 3):
+            raise ValueError(f"vertices: expected shape (N, 6890, 3), got {tuple(vertices.shape)}")
+        return {"vertices": vertices}
+    if pose is None or betas is None:
+        raise ValueError("give either SMPL pose + betas (+ trans) or SMPL vertices")
+    pose = torch.as_tensor(pose, dtype=torch.float32)
+    betas = torch.as_tensor(betas, dtype=torch.float32)
+    n = pose.shape[0]
+    if pose.dim() != 2 or pose.shape[1] != 72:
+        raise ValueError(f"pose: expected shape (N, 72) axis-angle, got {tuple(pose.shape)}")
+    if betas.dim() == 1:
+        betas = betas.expand(n, -1)
+    if betas.shape[0] != n or betas.shape[1] < 10:
+        raise ValueError(f"betas: expected shape (N, 10) or (10,), got {tuple(betas.shape)}")
+    trans = torch.zeros(n, 3) if trans is None else torch.as_tensor(trans, dtype=torch.float32)
+    if trans.shape != (n, 3):
+        raise ValueError(f"trans: expected shape (N, 3), got {tuple(trans.shape)}")
+    return {"pose": pose, "betas": betas[:, :10].contiguous(), "trans": trans}
+
+
+def _shape_space_map(smpl, skel: SKEL) -> tuple[Tensor, Tensor]:
+    """Linear map β_skel = A·β_smpl + c matching the two shaped templates in least squares."""
+    n = skel.num_verts
+    s_skel = skel.shapedirs.T.double()  # (3N,10)
+    s_smpl = smpl.shapedirs[:, :, :10].reshape(n * 3, 10).double()
+    offset = (smpl.v_template - skel.v_template).reshape(n * 3, 1).double()
+    sol = torch.linalg.lstsq(s_skel, torch.cat((s_smpl, offset), dim=1)).solution
+    return sol[:, :10].float(), sol[:, 10].float()
+
+
+def _spread_vertices(verts: Tensor, count: int) -> Tensor:
+    """`count` vertex ids spread evenly over the surface (farthest-point sampling, deterministic)."""
+    count = min(count, verts.shape[0])
+    chosen = torch.zeros(count, dtype=torch.long)
+    dist = torch.full((verts.shape[0],), float("inf"))
+    chosen[0] = int(verts[:, 1].argmax())
+    for i in range(1, count):  # once per model load
+        dist = torch.minimum(dist, (verts - verts[chosen[i - 1]]).norm(dim=-1))
+        chosen[i] = int(dist.argmax())
+    return chosen.sort().values
+
+
+def _vertex_mirror(verts: Tensor) -> Tensor:
+    """For each template vertex, the vertex nearest its mirror image (x → −x)."""
+    from scipy.spatial import cKDTree
+
+    v = verts.double().numpy()
+    return torch.from_numpy(cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))[1])
+
+
+def _bone_vertex_sets(weights: Tensor, k: int = 128) -> tuple[Tensor, Tensor]:
+    """Per bone, the k skin vertices it drives most (24,k) and their weights (24,k)."""
+    w, ids = weights.T.topk(k, dim=1)
+    return ids, w.clamp(min=1e-6)
+
+
+# DOF extraction: multi-DOF joints use signed coordinate axes, so Rp is an extrinsic Euler product.
+def _joint_dof_layout() -> list[tuple[int, list[int], str, list[float]]]:
+    layout = []
+    for j in range(24):
+        dofs = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
+        axes = [np.asarray(DOF_AXES[i]) for i in dofs]
+        if len(dofs) == 1:
+            layout.append((j, dofs, "", []))
+            continue
+        letters, signs = "", []
+        for a in axes:
+            k = int(np.abs(a).argmax())
+            letters += "xyz"[k]
+            signs.append(float(np.sign(a[k])))
+        if len(letters) == 2:  # complete to a 3-axis convention; the extra angle is dropped
+            letters += next(c for c in "xyz" if c not in letters)
+        layout.append((j, dofs, letters, signs))
+    return layout
+
+
+_DOF_LAYOUT = _joint_dof_layout()
+
+
+def dofs_from_rotations(rotations: Tensor) -> Tensor:
+    """Per-joint rotations in the BSM joint frames (B,24,3,3) → the closest DOF values q (B,46)."""
+    b = rotations.shape[0]
+    q = torch.zeros(b, NUM_DOFS, dtype=rotations.dtype)
+    for j, dofs, letters, signs in _DOF_LAYOUT:  # 24 small batched ops
+        r = rotations[:, j]
+        if not letters:  # single axis: the angle about n that best explains r
+            n = torch.as_tensor(DOF_AXES[dofs[0]], dtype=r.dtype)
+            n = n / n.norm()
+            w = torch.stack((r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]), -1) / 2
+            cos = (torch.diagonal(r, dim1=1, dim2=2).sum(-1) - torch.einsum("a,bac,c->b", n, r, n)) / 2
+            q[:, dofs[0]] = torch.atan2(w @ n, cos)
+        else:
+            angles = roma.rotmat_to_euler(letters, r)
+            for i, (dof, sign) in enumerate(zip(dofs, signs)):
+                q[:, dof] = angles[:, i] * sign
+    return q
+
+
+def _official_stages(smpl_weights: Tensor, skel: SKEL) -> list[dict]:
+    """The aligner's four stages (§6.5): free DOFs, vertex/joint masks, weights, lr, tolerance."""
+
+    def verts_on(joints: list[int]) -> Tensor:
+        return (smpl_weights[:, joints] > 0.5).any(dim=1)
+
+    def dofs_except(excluded: list[int]) -> Tensor:
+        free = torch.ones(NUM_DOFS)
+        free[excluded] = 0.0
+        return free
+
+    all_joints = torch.ones(24)
+    upper_limb_joints = torch.ones(24)
+    upper_limb_joints[[3, 4, 5, 8, 9, 10, 18, 23]] = 0.0
+    scapulae = torch.zeros(24)
+    scapulae[[14, 19]] = 1.0
+    root_only = torch.zeros(NUM_DOFS)
+    root_only[:3] = 1.0
+    common = {"w_verts": 600.0, "w_pose": 1e-4, "lr": 0.1, "tol": 1e-7, "trans": False}
+    return [
+        {**common, "free": root_only, "verts": verts_on([0, 3]), "joints": all_joints, "w_verts": 300.0, "w_joint": 0.0, "w_pose": 0.0, "lr": 1.0, "tol": 1e-4, "trans": True},
+        {**common, "free": dofs_except([0, 1, 2, 19]), "verts": verts_on([0, 1, 2, 3, 6, 9, 12, 15, 16, 17]), "joints": upper_limb_joints, "w_joint": 500.0},
+        {**common, "free": dofs_except([0, 1, 2]), "verts": ~verts_on([1, 2, 16, 17]), "joints": all_joints, "w_joint": 1000.0},
+        {**common, "free": torch.ones(NUM_DOFS), "verts": torch.ones(skel.num_verts, dtype=torch.bool), "joints": scapulae, "w_joint": 1000.0},
+    ]
