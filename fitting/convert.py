@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
 from .mirror import mirror_smpl_pose, mirror_translation
-from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL
+from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL, blend_transforms
 from .smpl import smpl_forward
 
 METHODS = ("fast", "staged-lbfgs")
@@ -51,8 +51,8 @@ class ConvertConfig:
     smpl_gender: str = "neutral"
     chunk_size: int = 256
     # fast
-    lm_iterations: int = 10
-    fit_vertices: int = 300  # before adding mirror images
+    lm_iterations: int = 5
+    fit_vertices: int = 100  # before adding their mirror images
     joint_weight: float = 0.0  # anatomical joints regressed from the SMPL mesh (the official aligner's target)
     limit_weight: float = 1e-3
     beta_weight: float = 1e-8
@@ -79,7 +79,7 @@ class ConversionResult:
     trans: Tensor  # (N,3) m
     pve_mean: Tensor  # (N,) m, mean skin-vertex distance to the SMPL mesh (NaN if not fitted)
     pve_max: Tensor  # (N,) m
-    limit_violation: Tensor  # (N,) degrees outside HSMR's joint limits, summed
+    limit_violation: Tensor  # (N,) degrees outside the (mirror-consistent) joint limits, summed
     converged: Tensor  # (N,) bool
     reason: list[str] = field(default_factory=list)  # '' when converged
     method: str = "fast"
@@ -120,8 +120,9 @@ class Converter:
         self.fit_skel = skel.restricted_to(self.fit_ids)
         self.bone_ids, self.bone_weights = _bone_vertex_sets(skel.skin_weights)
         self.joint_regressor = skel.J_regressor_osim
-        bounds = mirror_consistent_bounds().float()  # a person and its flip meet the same limits
-        self.low, self.high = bounds[:, 0], bounds[:, 1]
+        # A person and its flip meet the same limits (HSMR's table is not mirror-consistent).
+        self.bounds = mirror_consistent_bounds().float()
+        self.low, self.high = self.bounds[:, 0], self.bounds[:, 1]
         self.limit_ids = torch.as_tensor(LIMIT_QIDS, dtype=torch.long)
 
     @classmethod
@@ -186,7 +187,7 @@ class Converter:
                 dist = (skin - target[:count]).norm(dim=-1)
             poses[ok], betas[ok], trans[ok] = q, b, t
             pve_mean[ok], pve_max[ok] = dist.mean(-1), dist.amax(-1)
-            violation[ok] = limit_violation(q)
+            violation[ok] = limit_violation(q, bounds=self.bounds)
         converged = ok & torch.isfinite(pve_max)
         reasons = [r or ("" if c else "fit diverged (non-finite result)") for r, c in zip(reasons, converged.tolist())]
         return ConversionResult(poses, betas, trans, pve_mean, pve_max, violation, converged, reasons, self.config.method, self.config.digest())
@@ -227,7 +228,7 @@ class Converter:
         with torch.no_grad():
             cost = self._residuals(x, goal).square().sum(-1)
         for _ in range(cfg.lm_iterations):
-            jac, res = self._jacobian(x, goal)
+            res, jac = self._linearize(x, goal)
             jtj = jac.transpose(1, 2) @ jac
             grad = jac.transpose(1, 2) @ res[..., None]
             diag = torch.diagonal(jtj, dim1=1, dim2=2)
@@ -264,22 +265,63 @@ class Converter:
             dim=1,
         )
 
-    def _jacobian(self, x: Tensor, goal: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Jacobian (B,M,59) of the residuals by forward-mode AD, one tangent per parameter."""
-        b, p = x.shape
-        jac_parts, res = [], None
-        for start in range(0, b, 32):  # bounds memory: the batch is replicated once per parameter
-            xs = x[start : start + 32]
-            bs = xs.shape[0]
-            primal = xs[None].expand(p, bs, p).reshape(p * bs, p)
-            tangent = torch.eye(p)[:, None, :].expand(p, bs, p).reshape(p * bs, p)
-            goal_rep = {k: v[start : start + bs].repeat(p, *([1] * (v.dim() - 1))) for k, v in goal.items()}
-            with forward_ad.dual_level():
-                out = self._residuals(forward_ad.make_dual(primal, tangent), goal_rep)
-                value, deriv = forward_ad.unpack_dual(out)
-            jac_parts.append(deriv.view(p, bs, -1).permute(1, 2, 0))
-            res = value.view(p, bs, -1)[0] if res is None else torch.cat((res, value.view(p, bs, -1)[0]))
-        return torch.cat(jac_parts), res
+    def _linearize(self, x: Tensor, goal: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Residuals (B,M) and their Jacobian (B,M,59) at x = (q, β, τ).
+
+        Forward-mode AD runs only through the 24-joint kinematics (one tangent per q/β entry);
+        the skin's tangents then follow from linear blend skinning in closed form:
+        d(skin) = dA·v_posed + A·d(v_posed), with A the blended joint transforms.
+        """
+        cfg, sub = self.config, self.fit_skel
+        b, k = x.shape[0], sub.num_verts
+        n_kin = NUM_DOFS + 10  # τ does not enter the kinematics
+        primal = x[None, :, :n_kin].expand(n_kin, b, n_kin).reshape(n_kin * b, n_kin)
+        tangent = torch.eye(n_kin)[:, None, :].expand(n_kin, b, n_kin).reshape(n_kin * b, n_kin)
+        with forward_ad.dual_level():
+            dual = forward_ad.make_dual(primal, tangent)
+            joints_rest = sub.J_template + (dual[:, NUM_DOFS:] @ sub.J_shapedirs).view(-1, 24, 3)
+            pose = sub.pose_skeleton(dual[:, :NUM_DOFS], joints_rest)
+            feat = sub.corrective_features(pose.local_rot)
+            transforms, d_transforms = forward_ad.unpack_dual(pose.transforms)
+            feat, d_feat = forward_ad.unpack_dual(feat)
+            joints, d_joints = forward_ad.unpack_dual(pose.joints)
+        q, betas, trans = x[:, :NUM_DOFS], x[:, NUM_DOFS:n_kin], x[:, n_kin:]
+        transforms, feat, joints = transforms[:b], feat[:b], joints[:b]
+        v_posed = sub.v_template + (betas @ sub.shapedirs + feat @ sub.posedirs).view(b, k, 3)
+        d_posed = (d_feat @ sub.posedirs).view(n_kin, b, k, 3)
+        d_posed[NUM_DOFS:] += sub.shapedirs.view(10, 1, k, 3)
+        blend = blend_transforms(sub.skin_weights, transforms)  # (B,K,3,4)
+        d_blend = blend_transforms(sub.skin_weights, d_transforms.view(n_kin, b, 24, 3, 4))
+        skin = (blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + blend[..., 3] + trans[:, None]
+        d_skin = (d_blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + d_blend[..., 3] + (blend[..., :3] * d_posed[..., None, :]).sum(-1)
+
+        w_vert, w_joint = 1.0 / math.sqrt(k), math.sqrt(cfg.joint_weight / 24)
+        w_limit, w_beta = math.sqrt(cfg.limit_weight), math.sqrt(cfg.beta_weight)
+        limited = q[:, self.limit_ids]
+        below, above = limited < self.low, limited > self.high
+        res = torch.cat(
+            (
+                ((skin - goal["verts"]) * w_vert).flatten(1),
+                ((joints + trans[:, None] - goal["joints"]) * w_joint).flatten(1),
+                (torch.relu(self.low - limited) + torch.relu(limited - self.high)) * w_limit,
+                betas * w_beta,
+            ),
+            dim=1,
+        )
+        eye3 = torch.eye(3)
+        n_vert, n_joint = 3 * k, 72
+        jac = x.new_zeros(b, res.shape[1], _NUM_PARAMS)
+        jac[:, :n_vert, :n_kin] = d_skin.permute(1, 2, 3, 0).reshape(b, n_vert, n_kin) * w_vert
+        jac[:, :n_vert, n_kin:] = eye3.repeat(k, 1) * w_vert
+        rows = slice(n_vert, n_vert + n_joint)
+        jac[:, rows, :n_kin] = d_joints.view(n_kin, b, n_joint).permute(1, 2, 0) * w_joint
+        jac[:, rows, n_kin:] = eye3.repeat(24, 1) * w_joint
+        start = n_vert + n_joint
+        limit_rows = torch.arange(start, start + len(self.limit_ids))
+        jac[:, limit_rows, self.limit_ids] = (above.float() - below.float()) * w_limit
+        beta_rows = torch.arange(start + len(self.limit_ids), res.shape[1])
+        jac[:, beta_rows, torch.arange(NUM_DOFS, n_kin)] = w_beta
+        return res, jac
 
     # -- staged-lbfgs: the official schedule, one person at a time ------------------------------
 

@@ -148,10 +148,16 @@ def _outside(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
     return torch.relu(low - x) + torch.relu(x - high)
 
 
-def limit_violation(q: Tensor, margin_deg: float = 0.0) -> Tensor:
-    """Total excess of the 43 limited DOFs beyond [L - margin, U + margin]: q (..., 46) rad -> (...) degrees, 0 inside."""
+def limit_violation(q: Tensor, margin_deg: float = 0.0, bounds: Tensor | None = None) -> Tensor:
+    """Total excess of the 43 limited DOFs beyond [L - margin, U + margin]: q (..., 46) rad -> (...) degrees, 0 inside.
+
+    `bounds` (43,2) replaces HSMR's table, e.g. with `mirror_consistent_bounds()`.
+    """
     _check_q(q)
     qids, low, high = _table_on(q.device, q.dtype)
+    if bounds is not None:
+        bounds = bounds.to(device=q.device, dtype=q.dtype)
+        low, high = bounds[:, 0], bounds[:, 1]
     margin = math.radians(margin_deg)
     x = wrap_angles(q[..., qids])
     return torch.rad2deg(_outside(x, low - margin, high + margin)).sum(dim=-1)

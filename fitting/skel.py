@@ -141,6 +141,18 @@ class SKELOutput:
     v_shaped: Tensor
 
 
+@dataclass
+class PosedSkeleton:
+    """Kinematic state (B,24,…): bone alignment Rk, local and global rotations, joint positions,
+    and the skinning transforms [R | t − R·J_rest] (B,24,3,4)."""
+
+    align: Tensor
+    local_rot: Tensor
+    rotations: Tensor
+    joints: Tensor
+    transforms: Tensor
+
+
 def resolve_skel_path(path: str | os.PathLike, gender: str) -> Path:
     """The SKEL pickle for `gender` from a pickle path, a SKEL folder, or a models dir with skel/."""
     if gender not in ("male", "female"):
@@ -225,6 +237,13 @@ def _chain_levels(parents: tuple[int, ...]) -> list[tuple[list[int], list[int]]]
         joints = [j for j in range(len(parents)) if depth[j] == d]
         levels.append((joints, [parents[j] for j in joints]))
     return levels
+
+
+def blend_transforms(weights: Tensor, transforms: Tensor) -> Tensor:
+    """Per-vertex blend (...,N,3,4) of joint transforms (...,24,3,4) with skinning weights (N,24)."""
+    lead = transforms.shape[:-3]
+    flat = transforms.reshape(*lead, NUM_JOINTS, 12)
+    return (weights @ flat).view(*lead, weights.shape[0], 3, 4)
 
 
 def rot_between(u: Tensor, w: Tensor) -> Tensor:
@@ -418,35 +437,47 @@ class SKEL(nn.Module):
         if trans is None:
             trans = poses.new_zeros(b, 3)
         v_shaped, joints_rest = self.shape(betas)
-        align = self.bone_alignment(joints_rest)  # Rk
-        frame = align @ self.apose_rot.transpose(-1, -2)  # M = Rk Raᵀ
-        local_rot = frame @ self.pose_rotations(poses) @ frame.transpose(-1, -2)
-        local_t = relative_offsets(joints_rest) + self.coupled_translations(poses, joints_rest)
-
-        glob_rot, glob_t = self._compose_chain(local_rot, local_t)
-        v_posed = v_shaped
-        if pose_dep_bs:
-            eye = torch.eye(3, dtype=poses.dtype, device=poses.device)
-            feat = (local_rot[:, self.corrective_src] - eye) * self.corrective_mask[:, None, None]
-            v_posed = v_shaped + (feat.reshape(b, 207) @ self.posedirs).view(b, self.num_verts, 3)
-
-        # Skinning transforms: rest joint removed, so they act on rest-pose points.
-        skin_t = glob_t - (glob_rot @ joints_rest[..., None])[..., 0]
-        transforms = torch.cat((glob_rot, skin_t[..., None]), dim=-1)  # (B,24,3,4)
-        per_vertex = (self.skin_weights @ transforms.reshape(b, NUM_JOINTS, 12)).view(b, self.num_verts, 3, 4)
-        skin = (per_vertex[..., :3] @ v_posed[..., None])[..., 0] + per_vertex[..., 3] + trans[:, None]
-
+        pose = self.pose_skeleton(poses, joints_rest)
+        v_posed = v_shaped + self.pose_offsets(pose.local_rot) if pose_dep_bs else v_shaped
+        skin = self.skin(v_posed, pose.transforms) + trans[:, None]
         if skelmesh and self.vertex_ids is not None:
             raise ValueError("a vertex-restricted SKEL cannot pose the skeleton mesh (it needs the whole skin)")
-        skel_verts = self._skeleton_mesh(v_shaped, joints_rest, align, transforms) + trans[:, None] if skelmesh else None
+        skel_verts = self._skeleton_mesh(v_shaped, joints_rest, pose.align, pose.transforms) + trans[:, None] if skelmesh else None
         return SKELOutput(
             skin_verts=skin,
-            joints=glob_t + trans[:, None],
-            joints_ori=glob_rot @ align,
+            joints=pose.joints + trans[:, None],
+            joints_ori=pose.rotations @ pose.align,
             skel_verts=skel_verts,
             joints_tpose=joints_rest,
             v_shaped=v_shaped,
         )
+
+    def pose_skeleton(self, poses: Tensor, joints_rest: Tensor) -> "PosedSkeleton":
+        """Kinematics only (no skin): q (B,46) and rest joints (B,24,3) → PosedSkeleton."""
+        align = self.bone_alignment(joints_rest)  # Rk
+        frame = align @ self.apose_rot.transpose(-1, -2)  # M = Rk Raᵀ
+        local_rot = frame @ self.pose_rotations(poses) @ frame.transpose(-1, -2)
+        local_t = relative_offsets(joints_rest) + self.coupled_translations(poses, joints_rest)
+        glob_rot, glob_t = self._compose_chain(local_rot, local_t)
+        # Skinning transforms: rest joint removed, so they act on rest-pose points.
+        skin_t = glob_t - (glob_rot @ joints_rest[..., None])[..., 0]
+        transforms = torch.cat((glob_rot, skin_t[..., None]), dim=-1)
+        return PosedSkeleton(align, local_rot, glob_rot, glob_t, transforms)
+
+    def corrective_features(self, local_rot: Tensor) -> Tensor:
+        """SMPL-layout pose features (B,207) = vec(R_k − I) of the SKEL rotations mapped to SMPL joints."""
+        eye = torch.eye(3, dtype=local_rot.dtype, device=local_rot.device)
+        feat = (local_rot[:, self.corrective_src] - eye) * self.corrective_mask[:, None, None]
+        return feat.reshape(local_rot.shape[0], 207)
+
+    def pose_offsets(self, local_rot: Tensor) -> Tensor:
+        """Pose-corrective vertex offsets (B,N,3) inherited from SMPL (§3.9)."""
+        return (self.corrective_features(local_rot) @ self.posedirs).view(local_rot.shape[0], self.num_verts, 3)
+
+    def skin(self, v_posed: Tensor, transforms: Tensor) -> Tensor:
+        """Linear blend skinning of rest-pose points (B,N,3) with joint transforms (B,24,3,4)."""
+        per_vertex = blend_transforms(self.skin_weights, transforms)
+        return (per_vertex[..., :3] @ v_posed[..., None])[..., 0] + per_vertex[..., 3]
 
     def _compose_chain(self, local_rot: Tensor, local_t: Tensor) -> tuple[Tensor, Tensor]:
         """Global rotations (B,24,3,3) and positions (B,24,3) along the kinematic tree."""
