@@ -32,6 +32,8 @@ from torch import Tensor
 from torch.autograd import forward_ad
 from tqdm import tqdm
 
+from .camera import fit_camera_error
+from .keypoints import KeypointRegressor, flip_keypoints_normalised
 from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
 from .mirror import mirror_smpl_pose, mirror_translation
 from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL, blend_transforms
@@ -81,6 +83,7 @@ class ConversionResult:
     pve_max: Tensor  # (N,) m
     limit_violation: Tensor  # (N,) degrees outside the (mirror-consistent) joint limits, summed
     converged: Tensor  # (N,) bool
+    kp2d_err: Tensor  # (N,) mean 2D keypoint error, normalised crop units (NaN without keypoints)
     reason: list[str] = field(default_factory=list)  # '' when converged
     method: str = "fast"
     config_digest: str = ""
@@ -111,8 +114,8 @@ def check_inputs(**arrays: Tensor) -> list[str]:
 class Converter:
     """Fits SKEL (male or female) to SMPL meshes. Build once, call `convert` on any number of people."""
 
-    def __init__(self, smpl, skel: SKEL, config: ConvertConfig = ConvertConfig()) -> None:
-        self.smpl, self.skel, self.config = smpl, skel, config
+    def __init__(self, smpl, skel: SKEL, config: ConvertConfig = ConvertConfig(), keypoints: KeypointRegressor | None = None) -> None:
+        self.smpl, self.skel, self.config, self.keypoints = smpl, skel, config, keypoints
         self.beta_map, self.beta_offset = _shape_space_map(smpl, skel)
         self.fit_ids = _spread_vertices(skel.v_template, config.fit_vertices)
         # With its mirror image added, the subset treats a person and its flip alike.
@@ -130,7 +133,8 @@ class Converter:
         """Load SMPL (config.smpl_gender) and SKEL (config.skel_gender) from a models directory."""
         from .smpl import load_smpl
 
-        return cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config)
+        keypoints = KeypointRegressor.from_models_dir(models_dir)
+        return cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config, keypoints)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -140,10 +144,19 @@ class Converter:
         betas: Tensor | None = None,
         trans: Tensor | None = None,
         vertices: Tensor | None = None,
+        keypoints_2d: Tensor | None = None,
         progress: bool = False,
     ) -> ConversionResult:
-        """SMPL pose (N,72)+betas (N,10)+trans (N,3), or SMPL vertices (N,6890,3) → SKEL fits (N)."""
+        """SMPL pose (N,72)+betas (N,10)+trans (N,3), or SMPL vertices (N,6890,3) → SKEL fits (N).
+
+        With `keypoints_2d` (N,44,3) in normalised crop units (camera.normalise_keypoints), each
+        fit's 44 keypoints are projected with a closed-form camera and `kp2d_err` is reported.
+        """
         inputs = _as_inputs(pose, betas, trans, vertices)
+        if keypoints_2d is not None:
+            if self.keypoints is None:
+                raise ValueError("kp2d_err needs the HSMR keypoint regressors: build the Converter with keypoints=")
+            inputs["keypoints_2d"] = _checked(keypoints_2d, "keypoints_2d", (44, 3))
         n = next(iter(inputs.values())).shape[0]
         parts = []
         # Fixed chunks bound memory and keep every person's numbers independent of the input size.
@@ -153,23 +166,26 @@ class Converter:
         return ConversionResult.concat(parts)
 
     def convert_with_flip(
-        self, pose: Tensor, betas: Tensor, trans: Tensor | None = None, progress: bool = False
+        self, pose: Tensor, betas: Tensor, trans: Tensor | None = None, keypoints_2d: Tensor | None = None, progress: bool = False
     ) -> tuple[ConversionResult, ConversionResult]:
         """Fits of the person and, independently, of its mirror image (the standard SMPL flip)."""
         pose = torch.as_tensor(pose, dtype=torch.float32)
         trans = torch.zeros_like(pose[:, :3]) if trans is None else torch.as_tensor(trans, dtype=torch.float32)
-        orig = self.convert(pose, betas, trans, progress=progress)
-        return orig, self.convert(mirror_smpl_pose(pose), betas, mirror_translation(trans), progress=progress)
+        flip_kp = None if keypoints_2d is None else flip_keypoints_normalised(torch.as_tensor(keypoints_2d, dtype=torch.float32))
+        orig = self.convert(pose, betas, trans, keypoints_2d=keypoints_2d, progress=progress)
+        return orig, self.convert(mirror_smpl_pose(pose), betas, mirror_translation(trans), keypoints_2d=flip_kp, progress=progress)
 
     # -- one chunk --------------------------------------------------------------------------
 
     def _convert_chunk(self, inputs: dict[str, Tensor]) -> ConversionResult:
+        keypoints_2d = inputs.pop("keypoints_2d", None)
         reasons = check_inputs(**inputs)
         ok = torch.tensor([not r for r in reasons], dtype=torch.bool)
         n = len(reasons)
         poses, betas, trans = torch.zeros(n, NUM_DOFS), torch.zeros(n, 10), torch.zeros(n, 3)
         pve_mean, pve_max = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
         violation = torch.full((n,), float("nan"))
+        kp2d_err = torch.full((n,), float("nan"))
         if ok.any():
             # Good samples are packed and padded to a fixed chunk shape, so every person goes
             # through numerically identical kernels whatever batch it came in.
@@ -188,9 +204,12 @@ class Converter:
             poses[ok], betas[ok], trans[ok] = q, b, t
             pve_mean[ok], pve_max[ok] = dist.mean(-1), dist.amax(-1)
             violation[ok] = limit_violation(q, bounds=self.bounds)
+            if keypoints_2d is not None:
+                with torch.no_grad():
+                    kp2d_err[ok] = fit_camera_error(self.keypoints(skin), keypoints_2d[ok].float())
         converged = ok & torch.isfinite(pve_max)
         reasons = [r or ("" if c else "fit diverged (non-finite result)") for r, c in zip(reasons, converged.tolist())]
-        return ConversionResult(poses, betas, trans, pve_mean, pve_max, violation, converged, reasons, self.config.method, self.config.digest())
+        return ConversionResult(poses, betas, trans, pve_mean, pve_max, violation, converged, kp2d_err, reasons, self.config.method, self.config.digest())
 
     def _targets(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         if "vertices" in inputs:
@@ -364,6 +383,13 @@ class Converter:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _checked(value, name: str, shape: tuple[int, ...]) -> Tensor:
+    value = torch.as_tensor(value, dtype=torch.float32)
+    if value.shape[1:] != shape:
+        raise ValueError(f"{name}: expected shape (N, {', '.join(map(str, shape))}), got {tuple(value.shape)}")
+    return value
 
 
 def _as_inputs(pose, betas, trans, vertices) -> dict[str, Tensor]:

@@ -36,6 +36,7 @@ __all__ = [
     "fold_regressors",
     "KeypointRegressor",
     "flip_keypoints_2d",
+    "flip_keypoints_normalised",
 ]
 
 NUM_KEYPOINTS = 44
@@ -171,3 +172,10 @@ def flip_keypoints_2d(kp: Tensor, width: float | Tensor) -> Tensor:
     permuted = kp[..., FLIP_PERMUTATION.to(kp.device), :]
     x = width_t - 1.0 - permuted[..., 0]
     return torch.cat([x.unsqueeze(-1), permuted[..., 1:]], dim=-1)
+
+
+def flip_keypoints_normalised(kp: Tensor) -> Tensor:
+    """Mirror keypoints in normalised crop units (..., 44, C): x → −x about the crop centre, then
+    the left/right permutation (the crop centre flips with the image, so it stays at 0)."""
+    permuted = kp[..., FLIP_PERMUTATION.to(kp.device), :]
+    return torch.cat([-permuted[..., :1], permuted[..., 1:]], dim=-1)

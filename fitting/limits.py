@@ -21,6 +21,7 @@ __all__ = [
     "EVAL_QIDS",
     "angle_prior",
     "wrap_angles",
+    "unwrap_angles",
     "limit_violation",
     "clamp_to_limits",
     "eval_violation_per_joint",
@@ -141,6 +142,13 @@ def wrap_angles(q: Tensor) -> Tensor:
     # ceil((q - pi) / 2pi) is exactly 0 on (-pi, pi], so in-range values come back bit-identical
     # (a remainder-based formula rounds small angles in float32); ceil also puts -pi on +pi.
     return q - (2.0 * _PI) * torch.ceil((q - _PI) / (2.0 * _PI))
+
+
+def unwrap_angles(q: Tensor, dim: int = 0) -> Tensor:
+    """Remove 2π jumps along `dim` (frames of a sequence): each step becomes its wrapped difference."""
+    steps = wrap_angles(torch.diff(q, dim=dim))
+    first = q.narrow(dim, 0, 1)
+    return torch.cat((first, first + torch.cumsum(steps, dim=dim)), dim=dim)
 
 
 def _outside(x: Tensor, low: Tensor, high: Tensor) -> Tensor:

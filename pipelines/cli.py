@@ -49,6 +49,7 @@ def convert_npz(
     method: str = typer.Option("fast", help="fast | staged-lbfgs"),
     batch: int = typer.Option(256, help="People per chunk (bounds memory)."),
     flip: bool = typer.Option(False, help="Also fit the mirrored person (flip_* keys)."),
+    sequence: bool = typer.Option(False, help="Rows are consecutive frames: remove 2π jumps between them."),
 ) -> None:
     """Convert SMPL parameters in an npz file to SKEL, with per-person fit metrics."""
     import numpy as np
@@ -64,9 +65,14 @@ def convert_npz(
         from skelpgt.fitting.mirror import mirror_smpl_pose, mirror_translation
 
         results["flip_"] = converter.convert(mirror_smpl_pose(smpl["pose"]), smpl["betas"], mirror_translation(smpl["trans"]), progress=True)
+    if sequence:
+        from skelpgt.fitting.limits import unwrap_angles
+
+        for r in results.values():
+            r.poses = unwrap_angles(r.poses, dim=0)
     out = {}
     for prefix, r in results.items():
-        out.update({prefix + k: getattr(r, k).numpy() for k in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged")})
+        out.update({prefix + k: getattr(r, k).numpy() for k in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err")})
         out[prefix + "reason"] = np.array(r.reason)
     out["config_digest"] = np.array(config.digest())
     output_npz.parent.mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,32 @@ def test_linearization_matches_forward_mode_ad_of_the_whole_forward(converter):
         out = converter._residuals(forward_ad.make_dual(primal, tangent), goal_rep)
         reference = forward_ad.unpack_dual(out).tangent.view(p, 3, -1).permute(1, 2, 0)
     torch.testing.assert_close(jac, reference, atol=2e-5, rtol=1e-4)
+
+
+def test_kp2d_err_uses_a_closed_form_camera_and_flips_with_the_person(converter):
+    from skelpgt.fitting.camera import FOCAL_NORMALISED, project
+    from skelpgt.fitting.smpl import smpl_forward
+
+    pose = _smpl_poses(3, seed=14)
+    pose[:, :3] = torch.tensor([np.pi, 0.0, 0.0])  # upright in a y-down camera frame
+    betas = torch.zeros(3, 10)
+    with torch.no_grad():
+        verts, _ = smpl_forward(converter.smpl, pose, betas)
+    kp3d = converter.keypoints(verts)
+    kp2d = project(kp3d, torch.tensor([[0.05, -0.02, 2.2 * FOCAL_NORMALISED / 1.0]]).expand(3, 3))
+    kp = torch.cat((kp2d, torch.ones(3, 44, 1)), dim=-1)
+    kp[0, 5:9, 2] = 0.0  # unconfident keypoints are ignored
+    orig, flip = converter.convert_with_flip(pose, betas, keypoints_2d=kp)
+    assert (orig.kp2d_err < 0.01).all() and (flip.kp2d_err < 0.01).all(), (orig.kp2d_err, flip.kp2d_err)
+    wrong = converter.convert(pose, betas, keypoints_2d=kp.flip(0))  # someone else's keypoints
+    assert (wrong.kp2d_err[[0, 2]] > 5 * orig.kp2d_err[[0, 2]]).all()
+    plain = converter.convert(pose, betas)
+    assert torch.isnan(plain.kp2d_err).all()
+
+
+def test_unwrap_removes_2pi_jumps_between_frames():
+    from skelpgt.fitting.limits import unwrap_angles, wrap_angles
+
+    t = torch.linspace(0, 12, 50)[:, None].expand(50, 46).clone()
+    unwrapped = unwrap_angles(wrap_angles(t))
+    torch.testing.assert_close(unwrapped, t, atol=1e-5, rtol=0)
