@@ -14,3 +14,7 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+.PHONY: demo
+demo: $(VENV)/.installed
+	$(PY) -m skelpgt.pipelines.demo

@@ -9,6 +9,8 @@ import typer
 app = typer.Typer(help="SMPL → SKEL pseudo ground truth: models, data, labels and releases.", no_args_is_help=True)
 models_app = typer.Typer(help="Body-model files: make synthetic stand-ins, check a models directory.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Datasets: render the synthetic one.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 @models_app.command("make-synthetic")
@@ -81,6 +83,98 @@ def convert_npz(
     tmp.replace(output_npz)
     ok = results[""].converged
     typer.echo(f"{output_npz}: {int(ok.sum())}/{len(ok)} converted, median pve_mean {results[''].pve_mean.nanmedian() * 1000:.1f} mm")
+
+
+@data_app.command("make-synthetic")
+def data_make_synthetic(
+    out: Path = typer.Argument(..., help="Folder to write shards/, truth.npz and dataset.json into."),
+    n: int = typer.Option(..., "--n", help="Number of images."),
+    seed: int = typer.Option(0, help="Dataset seed: same seed and options give byte-identical files."),
+    models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+    image_size: int = typer.Option(256, help="Square image side, pixels."),
+    shard_size: int = typer.Option(64, help="Images per tar shard."),
+    max_people: int = typer.Option(3, help="People per image are drawn from 1..max-people."),
+    hard_fraction: float = typer.Option(0.15, help="Share of people in hard poses (deep squat, high kick, ...)."),
+) -> None:
+    """Render a synthetic HMR2.0-format dataset (shaded SMPL people, exact keypoints, true parameters)."""
+    from skelpgt.datasets.synthetic import make_synthetic_dataset
+
+    info = make_synthetic_dataset(
+        out, n, seed=seed, models_dir=models_dir, image_size=image_size, people_per_image=(1, max_people),
+        shard_size=shard_size, hard_fraction=hard_fraction,
+    )  # fmt: skip
+    typer.echo(f"wrote {info.n_images} images, {info.n_persons} persons ({info.n_labelled} with SMPL labels) in {len(info.shards)} shard(s)")
+    for path in (*info.shards, info.truth, info.meta):
+        typer.echo(f"  {path}")
+    typer.echo(f"{info.seconds:.1f} s ({info.seconds / info.n_images:.3f} s/image)")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: Path = typer.Argument(..., help="A shard (.tar), a release round folder or a release folder."),
+    round: int = typer.Option(None, help="Release round (default: latest)."),
+    max_samples: int = typer.Option(20000, help="Stop reading after this many images."),
+) -> None:
+    """Counts, field statistics and a few samples of a shard or release, as markdown."""
+    from skelpgt.datasets import inspect_path
+
+    try:
+        typer.echo(inspect_path(path, round=round, max_samples=max_samples))
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.Exit(_report([str(err)])) from None
+
+
+@app.command("verify")
+def verify_cmd(
+    release: Path = typer.Argument(..., help="Release round folder or release folder."),
+    store: Path = typer.Option(None, help="labels.h5 (or its workdir): also check every label id and value against it."),
+    round: int = typer.Option(None, help="Release round (default: latest)."),
+) -> None:
+    """Check checksums, counts and label digests of a release round; exit 1 on any mismatch."""
+    from skelpgt.datasets import verify_release
+
+    report = verify_release(release, round, store=store)
+    typer.echo(report.to_markdown())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("lineage")
+def lineage_cmd(
+    key: str = typer.Argument(..., help="Per-person key '<image key>_<index>', optionally with '_orig' or '_flip'."),
+    workdir: Path = typer.Option(..., help="Working directory holding labels.h5 (or the labels.h5 file)."),
+) -> None:
+    """Every version of a person's labels: producer, round, parent, metrics, acceptance."""
+    from skelpgt.datasets import format_lineage, lineage
+
+    if not (workdir / "labels.h5").is_file() and not workdir.is_file():
+        raise typer.Exit(_report([f"{workdir}: no labels.h5 here"]))
+    typer.echo(format_lineage(lineage(workdir, key), key))
+
+
+@app.command("show")
+def show_cmd(
+    key: str = typer.Argument(..., help="Image key, or per-person key '<image key>_<index>'."),
+    release: Path = typer.Option(None, help="Release round or release folder holding the sample."),
+    source: Path = typer.Option(None, help="Instead of a release: an input tar (or folder of tars); shows its SMPL labels."),
+    round: int = typer.Option(None, help="Release round (default: latest)."),
+    out: Path = typer.Option(None, help="PNG to write (default: show-<key>.png in the current folder)."),
+    models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+    gender: str = typer.Option("male", help="SKEL gender of the labels."),
+) -> None:
+    """PNG of a sample: image with 2D keypoints and box | orig label (skin and skeleton) | flip label on the mirrored image."""
+    from skelpgt.datasets.render import show_sample
+
+    if (release is None) == (source is None):
+        raise typer.BadParameter("give exactly one of --release and --source")
+    try:
+        sheet = show_sample(key, release=release, round=round, source=source, models_dir=models_dir, gender=gender)
+    except (KeyError, FileNotFoundError) as err:
+        raise typer.Exit(_report([str(err).strip("'\"")])) from None
+    out = out or Path("show-" + key.replace("/", "_") + ".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
 
 
 def _read_smpl_npz(path: Path) -> dict:

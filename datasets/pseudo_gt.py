@@ -1,0 +1,260 @@
+"""Round-0 SKEL pseudo ground truth: convert a source shard, record its labels, write its release shard.
+
+The three steps the `build-pseudo-gt` flow runs, usable without Prefect:
+
+1. `convert_source_shard`: read one HMR2.0-style tar (or npz), fit SKEL to every labelled person
+   and to its mirror image, and save the labels to a small npz (atomic, with the digests it was
+   made from, so a rerun with the same input, config and code skips it).
+2. `record_round0`: append those labels to the label store (idempotent) and make them round 0.
+3. `write_release_shard`: one output shard per source shard, HSMR-v1 person dicts with label ids.
+
+Counts add up per shard: persons in = labelled + unlabelled (no SMPL in the source) + quarantined
+(unreadable or failed conversion; those leave the shard with their reason in quarantine.jsonl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skelpgt.fitting.camera import normalise_keypoints
+from skelpgt.fitting.convert import Converter
+
+from .atomic import atomic_write_bytes
+from .labelstore import LabelStore
+from .quarantine import Quarantine, QuarantineEntry, read_quarantine
+from .readers import ReadCounts, read_source
+from .records import PersonRecord, SkelLabel
+from .shards import OutSample, ShardInfo, ShardWriter, make_person, sha256_file
+
+SIDES = ("orig", "flip")
+_LABEL_FIELDS = ("poses", "betas", "trans", "pve_mean", "pve_max", "kp2d_err", "limit_violation")
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when there is one."""
+    from importlib.metadata import version
+
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return version("skel-pgt") + (f"+g{sha}" if sha else "")
+
+
+@dataclass
+class ShardConversion:
+    """Labels of one source shard: person keys, per-side arrays, quarantine, counts and timing."""
+
+    source: str
+    source_sha256: str
+    config_digest: str
+    code_version: str
+    keys: list[str]  # converted persons, in source order
+    labels: dict[str, dict[str, np.ndarray]]  # side -> field -> (N, …) float32
+    quarantine: list[QuarantineEntry]
+    n_in: int  # persons in the source shard (read + quarantined by the reader)
+    n_unlabelled: int  # persons without SMPL parameters, carried through unlabelled
+    seconds: float
+
+    @property
+    def n_labelled(self) -> int:
+        return len(self.keys)
+
+
+def conversion_path(workdir: str | os.PathLike, release: str, source: str | os.PathLike) -> Path:
+    """Where the labels of one source shard are kept between flow steps."""
+    return Path(workdir) / "work" / release / "round-0" / (Path(source).stem + ".labels.npz")
+
+
+def convert_source_shard(source: str | os.PathLike, converter: Converter, out: str | os.PathLike) -> ShardConversion:
+    """Convert every labelled person of `source` (orig + flip), save to `out`; reuse `out` if current."""
+    digest, version = sha256_file(source), code_version()
+    cached = load_conversion(out)
+    if cached is not None and (cached.source_sha256, cached.config_digest, cached.code_version) == (
+        digest,
+        converter.config.digest(),
+        version,
+    ):
+        return cached
+    start = time.perf_counter()
+    quarantine, counts = Quarantine(), ReadCounts()
+    records = list(read_source(source, quarantine, counts))
+    labelled = [r for r in records if r.has_smpl]
+    keys: list[str] = []
+    labels = {side: {f: np.zeros((0,), np.float32) for f in _LABEL_FIELDS} for side in SIDES}
+    if labelled:
+        pose = torch.from_numpy(np.stack([r.body_pose for r in labelled]))
+        betas = torch.from_numpy(np.stack([r.betas for r in labelled]))
+        trans = torch.from_numpy(np.stack([r.trans for r in labelled]))
+        kp = normalise_keypoints(
+            torch.from_numpy(np.stack([r.keypoints_2d for r in labelled])),
+            torch.from_numpy(np.stack([r.center for r in labelled])),
+            torch.from_numpy(np.stack([r.scale for r in labelled])),
+        )
+        results = dict(zip(SIDES, converter.convert_with_flip(pose, betas, trans, keypoints_2d=kp)))
+        ok = results["orig"].converged & results["flip"].converged
+        for i in torch.nonzero(~ok).flatten().tolist():
+            reason = results["orig"].reason[i] or results["flip"].reason[i]
+            quarantine.add(QuarantineEntry(labelled[i].key, str(source), "body_pose", f"SKEL conversion failed: {reason}"))
+        keep = torch.nonzero(ok).flatten()
+        keys = [labelled[i].key for i in keep.tolist()]
+        labels = {side: {f: getattr(r, f)[keep].numpy().astype(np.float32) for f in _LABEL_FIELDS} for side, r in results.items()}
+    result = ShardConversion(
+        source=str(source), source_sha256=digest, config_digest=converter.config.digest(), code_version=version,
+        keys=keys, labels=labels, quarantine=list(quarantine), n_in=counts.n_in,
+        n_unlabelled=len(records) - len(labelled), seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    save_conversion(result, out)
+    return result
+
+
+def save_conversion(conv: ShardConversion, path: str | os.PathLike) -> None:
+    """Write a ShardConversion as one npz (atomic)."""
+    meta = {k: getattr(conv, k) for k in ("source", "source_sha256", "config_digest", "code_version", "n_in", "n_unlabelled", "seconds")}
+    meta["quarantine"] = [asdict(e) for e in conv.quarantine]
+    arrays = {f"{side}_{f}": v for side, fields in conv.labels.items() for f, v in fields.items()}
+    arrays["keys"] = np.array(conv.keys, dtype=str)
+    arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_conversion(path: str | os.PathLike) -> ShardConversion | None:
+    """Read a saved ShardConversion; None if absent or unreadable (it is then recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            keys = [str(k) for k in z["keys"]]
+            labels = {side: {f: z[f"{side}_{f}"] for f in _LABEL_FIELDS} for side in SIDES}
+    except (OSError, ValueError, KeyError):
+        return None
+    quarantine = [QuarantineEntry(**d) for d in meta.pop("quarantine")]
+    return ShardConversion(keys=keys, labels=labels, quarantine=quarantine, **meta)
+
+
+def record_round0(store_path: str | os.PathLike, conversions: list[ShardConversion]) -> dict[str, dict[str, int]]:
+    """Append round-0 labels (idempotent) and make them current; → {person key: {side: label id}}."""
+    ids: dict[str, dict[str, int]] = {}
+    with LabelStore(store_path, "a") as store:
+        for conv in conversions:  # one batch per shard side: a crash loses at most that batch
+            for side in SIDES:
+                if not conv.keys:
+                    continue
+                lab = conv.labels[side]
+                rows = {
+                    "sample_key": conv.keys, "side": side, "round": 0, "producer": "convert",
+                    "poses": lab["poses"], "betas": lab["betas"], "trans": lab["trans"],
+                    "pve_mean": lab["pve_mean"], "pve_max": lab["pve_max"], "kp2d_err": lab["kp2d_err"],
+                    "limit_violation": lab["limit_violation"], "config_digest": conv.config_digest,
+                    "code_version": conv.code_version,
+                }  # fmt: skip
+                label_ids = store.append(rows)
+                store.set_current(0, label_ids)
+                for key, label_id in zip(conv.keys, label_ids.tolist()):
+                    ids.setdefault(key, {})[side] = int(label_id)
+    return ids
+
+
+def write_release_shard(
+    conv: ShardConversion, label_ids: dict[str, dict[str, int]], stage_dir: str | os.PathLike, *, index: int, release: str
+) -> ShardInfo:
+    """Output shard `index` in `stage_dir`: the source shard's images with round-0 SKEL labels."""
+    labels = {key: tuple(_label(conv, side, i, label_ids[key][side]) for side in SIDES) for i, key in enumerate(conv.keys)}
+    skip = {e.key for e in conv.quarantine}
+    with ShardWriter(stage_dir, prefix=release, samples_per_shard=1 << 30, start_index=index) as writer:
+        for sample in release_samples([conv.source], labels, round=0, release=release, skip=skip):
+            writer.write(sample)
+    return writer.infos[0]
+
+
+def _label(conv: ShardConversion, side: str, i: int, label_id: int) -> SkelLabel:
+    lab = conv.labels[side]
+    return SkelLabel(
+        label_id=label_id, poses=lab["poses"][i], betas=lab["betas"][i], trans=lab["trans"][i],
+        pve_mean=float(lab["pve_mean"][i]), pve_max=float(lab["pve_max"][i]), kp2d_err=float(lab["kp2d_err"][i]),
+    )  # fmt: skip
+
+
+def _images(source: str, skip: set[str]):
+    """(image key, persons in index order) of a source shard, leaving out quarantined persons."""
+    current, persons = None, []
+    for rec in read_source(source):
+        if rec.key in skip:
+            continue
+        if rec.image_key != current and persons:
+            yield current, persons
+            persons = []
+        current = rec.image_key
+        persons.append(rec)
+    if persons:
+        yield current, persons
+
+
+def summarize(conversions: list[ShardConversion]) -> dict:
+    """Counts and fit-quality percentiles (mm) over a set of shard conversions."""
+    pve = np.concatenate([c.labels["orig"]["pve_mean"] for c in conversions]) * 1000
+    pve_max = np.concatenate([c.labels["orig"]["pve_max"] for c in conversions]) * 1000
+    seconds = sum(c.seconds for c in conversions)
+    labelled = sum(c.n_labelled for c in conversions)
+    pct = lambda a, q: float(np.percentile(a, q)) if a.size else float("nan")  # noqa: E731
+    return {
+        "shards": len(conversions),
+        "persons_in": sum(c.n_in for c in conversions),
+        "labelled": labelled,
+        "unlabelled": sum(c.n_unlabelled for c in conversions),
+        "quarantined": sum(len(c.quarantine) for c in conversions),
+        "pve_mean_mm": {q: pct(pve, q) for q in (50, 90, 99)},
+        "pve_max_mm": {q: pct(pve_max, q) for q in (50, 90, 99)},
+        "fits_per_s": 2 * labelled / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def digest_of(obj) -> str:
+    """Short sha256 of a JSON-serialisable object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def release_samples(
+    sources: list[str], labels: dict[str, tuple[SkelLabel | None, SkelLabel | None]], *, round: int, release: str, skip: set[str] = frozenset()
+):
+    """OutSamples of the source images with their labels (unlabelled persons kept, `skip` left out)."""
+    for source in sources:
+        for key, persons in _images(source, skip):
+            dicts = [make_person(p, *labels.get(p.key, (None, None)), round=round, release=release) for p in persons]
+            yield OutSample(key, persons[0].image, persons[0].image_ext, dicts)
+
+
+def reshard_round(workdir: str | os.PathLike, release: str, round: int, *, samples_per_shard: int, name: str | None = None) -> dict:
+    """Write the current labels of `round` (label store) as release `name` with a new shard size."""
+    from .release import QUARANTINE, read_manifest, resolve_round, write_release
+
+    workdir = Path(workdir)
+    folder = resolve_round(workdir / "releases" / release, round)
+    manifest = read_manifest(folder)
+    quarantine = read_quarantine(folder / QUARANTINE)
+    sources = manifest["config"].get("sources")
+    if not sources:
+        raise ValueError(f"release {release} round {round}: its manifest does not list its source files")
+    with LabelStore(workdir / "labels.h5", "r") as store:
+        labels = store.skel_labels(round)
+    name = name or f"{release}-x{samples_per_shard}"
+    config = {**manifest["config"], "resharded_from": f"{release}/round-{round}", "samples_per_shard": samples_per_shard}
+    return write_release(
+        workdir, name, round, release_samples(sources, labels, round=round, release=name, skip={e.key for e in quarantine}),
+        quarantine=quarantine, parent_round=manifest.get("parent_round"), config=config, code_version=code_version(),
+        samples_per_shard=samples_per_shard, overwrite=True,
+    )  # fmt: skip

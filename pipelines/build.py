@@ -1,0 +1,165 @@
+"""`build-pseudo-gt`: source shards → SKEL round-0 labels → label store → release.
+
+Thin orchestration over `skelpgt.datasets.pseudo_gt`: one task per source shard converts it
+(orig + flip) and keeps its labels in the work folder, so a rerun skips finished shards; a single
+task writes the label store; one task per shard writes its release shard; a last task writes the
+manifest. Per-shard tasks run in order in-process, or on Dask (`dask_address`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import torch
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from skelpgt.datasets import pseudo_gt
+from skelpgt.datasets.readers import source_files
+from skelpgt.datasets.release import finalize_release, staging_dir
+from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.fitting.models import ensure_models_dir
+
+
+@functools.lru_cache(maxsize=4)
+def _converter(models_dir: str, config: ConvertConfig) -> Converter:
+    """One converter per worker process and configuration (model loading takes seconds)."""
+    return Converter.from_models_dir(models_dir, config)
+
+
+@task(name="convert-shard", cache_policy=NO_CACHE, retries=1)
+def convert_shard(source: str, out: str, models_dir: str, config: ConvertConfig, torch_threads: int) -> str:
+    """Convert one source shard (skipped when its saved labels are current); returns the labels file."""
+    torch.set_num_threads(torch_threads)  # fixed, so the numbers do not depend on the machine
+    conv = pseudo_gt.convert_source_shard(source, _converter(models_dir, config), out)
+    get_run_logger().info(
+        "%s: %d labelled, %d unlabelled, %d quarantined in %.1fs", Path(source).name, conv.n_labelled, conv.n_unlabelled, len(conv.quarantine), conv.seconds
+    )
+    return out
+
+
+@task(name="record-labels", cache_policy=NO_CACHE)
+def record_labels(store: str, label_files: list[str]) -> dict[str, dict[str, int]]:
+    """Append round-0 labels of every shard to the label store (the only writer)."""
+    return pseudo_gt.record_round0(store, [pseudo_gt.load_conversion(f) for f in label_files])
+
+
+@task(name="write-release-shard", cache_policy=NO_CACHE)
+def write_release_shard(label_file: str, label_ids: dict, stage: str, index: int, release: str):
+    """Write the release shard of one source shard."""
+    info = pseudo_gt.write_release_shard(pseudo_gt.load_conversion(label_file), label_ids, stage, index=index, release=release)
+    get_run_logger().info("%s: %d images, %d persons, sha256 %s", info.name, info.samples, info.persons, info.sha256[:12])
+    return info
+
+
+def _task_runner(dask_address: str | None):
+    """In-process (one shard at a time; torch uses the cores) or Dask: 'tcp://host:port' or 'local:N'."""
+    if not dask_address:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address.startswith("local:"):
+        workers = int(dask_address.split(":", 1)[1])
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None},
+        )
+    return DaskTaskRunner(address=dask_address)
+
+
+@flow(name="convert-shards")
+def convert_shards(sources: list[str], outs: list[str], models_dir: str, config: ConvertConfig, torch_threads: int) -> list[str]:
+    """Map `convert-shard` over the sources, reporting progress as shards finish."""
+    progress = create_progress_artifact(0.0, key="build-pseudo-gt-progress", description="source shards converted")
+    futures = convert_shard.map(sources, outs, unmapped(models_dir), unmapped(config), unmapped(torch_threads))
+    for done, _ in enumerate(as_completed(futures), start=1):
+        update_progress_artifact(progress, 100.0 * done / len(futures))
+    return [f.result() for f in futures]
+
+
+@flow(name="build-pseudo-gt", log_prints=True)
+def build_pseudo_gt(
+    inputs: list[str] | None = None,
+    workdir: str = "work/demo",
+    release: str = "synthetic",
+    models_dir: str | None = None,
+    method: str = "fast",
+    batch_size: int = 256,
+    smpl_gender: str = "neutral",
+    skel_gender: str = "male",
+    synthetic_images: int = 48,
+    synthetic_seed: int = 0,
+    torch_threads: int = 2,
+    dask_address: str | None = None,
+) -> dict:
+    """Build release round 0 from HMR2.0-style tars / npz files (default: the synthetic dataset)."""
+    logger = get_run_logger()
+    workdir_path = Path(workdir).resolve()
+    models = str(ensure_models_dir(models_dir))
+    if not inputs:
+        inputs = [str(_synthetic_inputs(workdir_path, synthetic_images, synthetic_seed, models))]
+    sources = source_files(inputs)
+    if not sources:
+        raise ValueError(f"no .tar or .npz input found in {inputs}")
+    config = ConvertConfig(method=method, chunk_size=batch_size, smpl_gender=smpl_gender, skel_gender=skel_gender)
+    outs = [str(pseudo_gt.conversion_path(workdir_path, release, s)) for s in sources]
+    runner = _task_runner(dask_address)
+    label_files = convert_shards.with_options(task_runner=runner)(sources, outs, models, config, torch_threads)
+
+    label_ids = record_labels(str(workdir_path / "labels.h5"), label_files)
+    stage = str(staging_dir(workdir_path, release, 0))
+    infos = [write_release_shard(f, label_ids, stage, i, release) for i, f in enumerate(label_files)]
+    conversions = [pseudo_gt.load_conversion(f) for f in label_files]
+    summary = pseudo_gt.summarize(conversions)
+    manifest = finalize_release(
+        workdir_path, release, 0,
+        shard_infos=infos, quarantine=[e for c in conversions for e in c.quarantine],
+        config={"convert": {**dataclasses.asdict(config), "digest": config.digest()}, "models_dir": _models_identity(models), "sources": sources},
+        code_version=pseudo_gt.code_version(), n_in=summary["persons_in"],
+    )  # fmt: skip
+    release_dir = workdir_path / "releases" / release / "round-0"
+    create_markdown_artifact(key="build-pseudo-gt-summary", markdown=_summary_markdown(release_dir, summary, manifest))
+    logger.info("release %s: %s", release_dir, summary)
+    return {"release": str(release_dir), "summary": summary, "manifest": manifest}
+
+
+def _synthetic_inputs(workdir: Path, n_images: int, seed: int, models_dir: str) -> Path:
+    """The synthetic dataset of this workdir (generated once)."""
+    from skelpgt.datasets.synthetic import make_synthetic_dataset
+
+    out = workdir / "source" / f"synthetic-{n_images}-{seed}"
+    if not (out / "dataset.json").is_file():
+        make_synthetic_dataset(out, n_images, seed=seed, models_dir=models_dir)
+    return out / "shards"
+
+
+def _models_identity(models_dir: str) -> str:
+    """What the manifest records about the models: 'synthetic-…' stand-ins or the folder name."""
+    complete = Path(models_dir) / ".complete"
+    return complete.read_text().strip() if complete.is_file() else os.path.basename(os.path.normpath(models_dir))
+
+
+def _summary_markdown(release_dir: Path, summary: dict, manifest: dict) -> str:
+    pm, px = summary["pve_mean_mm"], summary["pve_max_mm"]
+    return "\n".join(
+        [
+            f"# build-pseudo-gt: `{release_dir}`",
+            "",
+            "| persons in | labelled | unlabelled (no SMPL) | quarantined | shards | fits/s |",
+            "|---|---|---|---|---|---|",
+            f"| {summary['persons_in']} | {summary['labelled']} | {summary['unlabelled']} | {summary['quarantined']} | {summary['shards']} | {summary['fits_per_s']:.1f} |",
+            "",
+            "| orig side, mm | p50 | p90 | p99 |",
+            "|---|---|---|---|",
+            f"| pve_mean | {pm[50]:.1f} | {pm[90]:.1f} | {pm[99]:.1f} |",
+            f"| pve_max | {px[50]:.1f} | {px[90]:.1f} | {px[99]:.1f} |",
+            "",
+            f"label digest `{manifest.get('label_digest', '')}`",
+        ]
+    )
