@@ -52,6 +52,7 @@ class ConvertConfig:
     skel_gender: str = "male"
     smpl_gender: str = "neutral"
     chunk_size: int = 256
+    pad_multiple: int = 32
     # fast
     lm_iterations: int = 5
     fit_vertices: int = 100  # before adding their mirror images
@@ -187,11 +188,13 @@ class Converter:
         violation = torch.full((n,), float("nan"))
         kp2d_err = torch.full((n,), float("nan"))
         if ok.any():
-            # Good samples are packed and padded to a fixed chunk shape, so every person goes
-            # through numerically identical kernels whatever batch it came in.
+            # Good samples are packed and padded to a multiple of `pad_multiple` (capped at the
+            # chunk size), so a person goes through the same kernel shapes whatever its batch.
             count = int(ok.sum())
+            step = min(self.config.pad_multiple, self.config.chunk_size)
+            size = min(self.config.chunk_size, -(-count // step) * step)
             rows = torch.nonzero(ok).flatten()
-            rows = torch.cat((rows, rows[-1:].expand(self.config.chunk_size - count)))
+            rows = torch.cat((rows, rows[-1:].expand(size - count)))
             good = {k: v[rows] for k, v in inputs.items()}
             with torch.no_grad():
                 target, smpl_betas = self._targets(good)
