@@ -33,7 +33,7 @@ from .atomic import atomic_write_bytes
 from .labelstore import LabelStore
 from .quarantine import Quarantine, QuarantineEntry, read_quarantine
 from .readers import ReadCounts, read_source
-from .records import PersonRecord, SkelLabel
+from .records import SkelLabel
 from .shards import OutSample, ShardInfo, ShardWriter, make_person, sha256_file
 
 SIDES = ("orig", "flip")

@@ -270,19 +270,27 @@ class Converter:
         return {"verts": target[:, self.fit_ids], "joints": anat}
 
     def _residuals(self, x: Tensor, goal: dict[str, Tensor]) -> Tensor:
-        """Stacked weighted residuals (B,M): vertex subset, anatomical joints, limit hinge, β prior."""
-        cfg = self.config
+        """Stacked weighted residuals (B,M) at x = (q, β, τ)."""
         q, betas, trans = x[:, :NUM_DOFS], x[:, NUM_DOFS : NUM_DOFS + 10], x[:, NUM_DOFS + 10 :]
         out = self.fit_skel(q, betas, trans)
-        k = goal["verts"].shape[1]
+        return self._stack_residuals(out.skin_verts, out.joints, q, betas, goal)
+
+    def _weights(self, k: int) -> tuple[float, float, float, float]:
+        """Square roots of the vertex, joint, limit and β weights (vertex term = mean over k)."""
+        cfg = self.config
+        return 1.0 / math.sqrt(k), math.sqrt(cfg.joint_weight / 24), math.sqrt(cfg.limit_weight), math.sqrt(cfg.beta_weight)
+
+    def _stack_residuals(self, skin: Tensor, joints: Tensor, q: Tensor, betas: Tensor, goal: dict[str, Tensor]) -> Tensor:
+        """(B,M): vertex subset, anatomical joints, joint-limit hinge, β prior — each weighted."""
+        w_vert, w_joint, w_limit, w_beta = self._weights(skin.shape[1])
         limited = q[:, self.limit_ids]
         hinge = torch.relu(self.low - limited) + torch.relu(limited - self.high)
         return torch.cat(
             (
-                ((out.skin_verts - goal["verts"]) / math.sqrt(k)).flatten(1),
-                ((out.joints - goal["joints"]) * math.sqrt(cfg.joint_weight / 24)).flatten(1),
-                hinge * math.sqrt(cfg.limit_weight),
-                betas * math.sqrt(cfg.beta_weight),
+                ((skin - goal["verts"]) * w_vert).flatten(1),
+                ((joints - goal["joints"]) * w_joint).flatten(1),
+                hinge * w_limit,
+                betas * w_beta,
             ),
             dim=1,
         )
@@ -294,7 +302,7 @@ class Converter:
         the skin's tangents then follow from linear blend skinning in closed form:
         d(skin) = dA·v_posed + A·d(v_posed), with A the blended joint transforms.
         """
-        cfg, sub = self.config, self.fit_skel
+        sub = self.fit_skel
         b, k = x.shape[0], sub.num_verts
         n_kin = NUM_DOFS + 10  # τ does not enter the kinematics
         primal = x[None, :, :n_kin].expand(n_kin, b, n_kin).reshape(n_kin * b, n_kin)
@@ -317,19 +325,10 @@ class Converter:
         skin = (blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + blend[..., 3] + trans[:, None]
         d_skin = (d_blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + d_blend[..., 3] + (blend[..., :3] * d_posed[..., None, :]).sum(-1)
 
-        w_vert, w_joint = 1.0 / math.sqrt(k), math.sqrt(cfg.joint_weight / 24)
-        w_limit, w_beta = math.sqrt(cfg.limit_weight), math.sqrt(cfg.beta_weight)
+        res = self._stack_residuals(skin, joints + trans[:, None], q, betas, goal)
+        w_vert, w_joint, w_limit, w_beta = self._weights(k)
         limited = q[:, self.limit_ids]
         below, above = limited < self.low, limited > self.high
-        res = torch.cat(
-            (
-                ((skin - goal["verts"]) * w_vert).flatten(1),
-                ((joints + trans[:, None] - goal["joints"]) * w_joint).flatten(1),
-                (torch.relu(self.low - limited) + torch.relu(limited - self.high)) * w_limit,
-                betas * w_beta,
-            ),
-            dim=1,
-        )
         eye3 = torch.eye(3)
         n_vert, n_joint = 3 * k, 72
         jac = x.new_zeros(b, res.shape[1], _NUM_PARAMS)
