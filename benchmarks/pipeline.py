@@ -35,6 +35,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="skelpgt-pipeline-"))
+    root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
     torch.set_num_threads(args.threads)
 
