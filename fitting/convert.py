@@ -29,19 +29,18 @@ import numpy as np
 import roma
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 from tqdm import tqdm
 
 from .camera import fit_camera_error
 from .keypoints import KeypointRegressor, flip_keypoints_normalised
 from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
 from .mirror import mirror_smpl_pose, mirror_translation
-from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL, blend_transforms
+from .lm import NUM_KINEMATIC, NUM_PARAMS, levenberg_marquardt, limit_hinge, linearize_skin
+from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL
 from .smpl import smpl_forward
 
 METHODS = ("fast", "staged-lbfgs")
 MAX_ABS_BETA = 5.0
-_NUM_PARAMS = NUM_DOFS + 10 + 3
 
 
 @dataclass(frozen=True)
@@ -243,26 +242,13 @@ class Converter:
         return torch.cat((q, betas, trans), dim=1)
 
     def _fit_fast(self, target: Tensor, smpl_betas: Tensor | None, count: int) -> tuple[Tensor, Tensor, Tensor]:
-        cfg = self.config
-        x = self.initial_guess(target, smpl_betas)
         goal = self._fit_goal(target)
-        damping = torch.full((x.shape[0],), 0.1)
-        with torch.no_grad():
-            cost = self._residuals(x, goal).square().sum(-1)
-        for _ in range(cfg.lm_iterations):
-            res, jac = self._linearize(x, goal)
-            jtj = jac.transpose(1, 2) @ jac
-            grad = jac.transpose(1, 2) @ res[..., None]
-            diag = torch.diagonal(jtj, dim1=1, dim2=2)
-            system = jtj + torch.diag_embed(damping[:, None] * diag + 1e-9)
-            step = torch.linalg.solve(system, -grad)[..., 0]
-            with torch.no_grad():
-                trial = x + step
-                trial_cost = self._residuals(trial, goal).square().sum(-1)
-            better = torch.isfinite(trial_cost) & (trial_cost < cost)
-            x = torch.where(better[:, None], trial, x)
-            cost = torch.where(better, trial_cost, cost)
-            damping = torch.where(better, damping / 3, damping * 4).clamp(1e-7, 1e7)
+        x = levenberg_marquardt(
+            self.initial_guess(target, smpl_betas),
+            lambda x: self._residuals(x, goal),
+            lambda x: self._linearize(x, goal),
+            self.config.lm_iterations,
+        )
         return x[:, :NUM_DOFS], x[:, NUM_DOFS : NUM_DOFS + 10], x[:, NUM_DOFS + 10 :]
 
     def _fit_goal(self, target: Tensor) -> dict[str, Tensor]:
@@ -283,8 +269,7 @@ class Converter:
     def _stack_residuals(self, skin: Tensor, joints: Tensor, q: Tensor, betas: Tensor, goal: dict[str, Tensor]) -> Tensor:
         """(B,M): vertex subset, anatomical joints, joint-limit hinge, β prior — each weighted."""
         w_vert, w_joint, w_limit, w_beta = self._weights(skin.shape[1])
-        limited = q[:, self.limit_ids]
-        hinge = torch.relu(self.low - limited) + torch.relu(limited - self.high)
+        hinge = limit_hinge(q, self.limit_ids, self.low, self.high)[0]
         return torch.cat(
             (
                 ((skin - goal["verts"]) * w_vert).flatten(1),
@@ -296,52 +281,24 @@ class Converter:
         )
 
     def _linearize(self, x: Tensor, goal: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Residuals (B,M) and their Jacobian (B,M,59) at x = (q, β, τ).
-
-        Forward-mode AD runs only through the 24-joint kinematics (one tangent per q/β entry);
-        the skin's tangents then follow from linear blend skinning in closed form:
-        d(skin) = dA·v_posed + A·d(v_posed), with A the blended joint transforms.
-        """
-        sub = self.fit_skel
-        b, k = x.shape[0], sub.num_verts
-        n_kin = NUM_DOFS + 10  # τ does not enter the kinematics
-        primal = x[None, :, :n_kin].expand(n_kin, b, n_kin).reshape(n_kin * b, n_kin)
-        tangent = torch.eye(n_kin)[:, None, :].expand(n_kin, b, n_kin).reshape(n_kin * b, n_kin)
-        with forward_ad.dual_level():
-            dual = forward_ad.make_dual(primal, tangent)
-            joints_rest = sub.J_template + (dual[:, NUM_DOFS:] @ sub.J_shapedirs).view(-1, 24, 3)
-            pose = sub.pose_skeleton(dual[:, :NUM_DOFS], joints_rest)
-            feat = sub.corrective_features(pose.local_rot)
-            transforms, d_transforms = forward_ad.unpack_dual(pose.transforms)
-            feat, d_feat = forward_ad.unpack_dual(feat)
-            joints, d_joints = forward_ad.unpack_dual(pose.joints)
-        q, betas, trans = x[:, :NUM_DOFS], x[:, NUM_DOFS:n_kin], x[:, n_kin:]
-        transforms, feat, joints = transforms[:b], feat[:b], joints[:b]
-        v_posed = sub.v_template + (betas @ sub.shapedirs + feat @ sub.posedirs).view(b, k, 3)
-        d_posed = (d_feat @ sub.posedirs).view(n_kin, b, k, 3)
-        d_posed[NUM_DOFS:] += sub.shapedirs.view(10, 1, k, 3)
-        blend = blend_transforms(sub.skin_weights, transforms)  # (B,K,3,4)
-        d_blend = blend_transforms(sub.skin_weights, d_transforms.view(n_kin, b, 24, 3, 4))
-        skin = (blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + blend[..., 3] + trans[:, None]
-        d_skin = (d_blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + d_blend[..., 3] + (blend[..., :3] * d_posed[..., None, :]).sum(-1)
-
-        res = self._stack_residuals(skin, joints + trans[:, None], q, betas, goal)
+        """Residuals (B,M) and their Jacobian (B,M,59) at x = (q, β, τ)."""
+        q, betas, trans = x[:, :NUM_DOFS], x[:, NUM_DOFS:NUM_KINEMATIC], x[:, NUM_KINEMATIC:]
+        lin = linearize_skin(self.fit_skel, q, betas)
+        b, k = x.shape[0], lin.skin.shape[1]
+        res = self._stack_residuals(lin.skin + trans[:, None], lin.joints + trans[:, None], q, betas, goal)
         w_vert, w_joint, w_limit, w_beta = self._weights(k)
-        limited = q[:, self.limit_ids]
-        below, above = limited < self.low, limited > self.high
         eye3 = torch.eye(3)
         n_vert, n_joint = 3 * k, 72
-        jac = x.new_zeros(b, res.shape[1], _NUM_PARAMS)
-        jac[:, :n_vert, :n_kin] = d_skin.permute(1, 2, 3, 0).reshape(b, n_vert, n_kin) * w_vert
-        jac[:, :n_vert, n_kin:] = eye3.repeat(k, 1) * w_vert
+        jac = x.new_zeros(b, res.shape[1], NUM_PARAMS)
+        jac[:, :n_vert, :NUM_KINEMATIC] = lin.d_skin.permute(1, 2, 3, 0).reshape(b, n_vert, NUM_KINEMATIC) * w_vert
+        jac[:, :n_vert, NUM_KINEMATIC:] = eye3.repeat(k, 1) * w_vert
         rows = slice(n_vert, n_vert + n_joint)
-        jac[:, rows, :n_kin] = d_joints.view(n_kin, b, n_joint).permute(1, 2, 0) * w_joint
-        jac[:, rows, n_kin:] = eye3.repeat(24, 1) * w_joint
+        jac[:, rows, :NUM_KINEMATIC] = lin.d_joints.reshape(NUM_KINEMATIC, b, n_joint).permute(1, 2, 0) * w_joint
+        jac[:, rows, NUM_KINEMATIC:] = eye3.repeat(24, 1) * w_joint
         start = n_vert + n_joint
-        limit_rows = torch.arange(start, start + len(self.limit_ids))
-        jac[:, limit_rows, self.limit_ids] = (above.float() - below.float()) * w_limit
-        beta_rows = torch.arange(start + len(self.limit_ids), res.shape[1])
-        jac[:, beta_rows, torch.arange(NUM_DOFS, n_kin)] = w_beta
+        n_limit = len(self.limit_ids)
+        jac[:, start : start + n_limit, :NUM_DOFS] = limit_hinge(q, self.limit_ids, self.low, self.high)[1] * w_limit
+        jac[:, start + n_limit :, NUM_DOFS:NUM_KINEMATIC] = torch.eye(10) * w_beta
         return res, jac
 
     # -- staged-lbfgs: the official schedule, one person at a time ------------------------------
