@@ -13,9 +13,3 @@ class NotBuiltYet(RuntimeError):
 def train_regressor(release: str = "work/demo/releases/synthetic", round: int | None = None) -> None:
     """Train the image→SKEL regressor on a release (issue: HSMR-style regressor)."""
     raise NotBuiltYet("train-regressor is not built yet: the regressor (model/) comes with its own issue")
-
-
-@flow(name="refine-labels")
-def refine_labels(release: str = "work/demo/releases/synthetic", checkpoint: str | None = None) -> None:
-    """SKELify refinement round N → N+1 (issue: SKELify and refinement rounds)."""
-    raise NotBuiltYet("refine-labels is not built yet: SKELify and refinement rounds come with their own issue")

@@ -120,11 +120,19 @@ def test_release_shards_reshards_the_current_labels(prefect_api, sources, tmp_pa
 
 
 def test_unbuilt_flows_fail_loudly(prefect_api):
-    from skelpgt.pipelines.stubs import NotBuiltYet, refine_labels, train_regressor
+    from skelpgt.pipelines.stubs import NotBuiltYet, train_regressor
 
-    for flow in (train_regressor, refine_labels):
-        with pytest.raises(NotBuiltYet, match="not built yet"):
-            flow()
+    with pytest.raises(NotBuiltYet, match="not built yet"):
+        train_regressor()
+
+
+def test_refine_labels_flow_makes_round_one(prefect_api, sources, tmp_path):
+    from skelpgt.pipelines.refine import refine_labels
+
+    _build(tmp_path / "w", [sources])
+    out = refine_labels(workdir=str(tmp_path / "w"), iterations=3, batch_size=8)
+    assert out["round"] == 1 and out["manifest"]["parent_round"] == 0
+    assert verify_release(tmp_path / "w" / "releases" / "synthetic", store=tmp_path / "w" / "labels.h5").ok
 
 
 def test_deployment_runs_through_a_real_server_and_worker(tmp_path):
