@@ -177,6 +177,59 @@ def show_cmd(
     typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
 
 
+@app.command("refine")
+def refine_cmd(
+    workdir: Path = typer.Argument(..., help="Workdir holding labels.h5 and releases/."),
+    release: str = typer.Option("synthetic", help="Release name."),
+    from_round: int = typer.Option(None, help="Round to refine (default: the latest)."),
+    iterations: int = typer.Option(10, help="SKELify Levenberg–Marquardt steps."),
+    models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+) -> None:
+    """One SKELify refinement round: round N → N+1 (labels, history and release)."""
+    from skelpgt.datasets.refine import refine_round
+    from skelpgt.datasets.release import list_rounds
+    from skelpgt.fitting.keypoints import KeypointRegressor
+    from skelpgt.fitting.models import ensure_models_dir
+    from skelpgt.fitting.skel import SKEL
+    from skelpgt.fitting.skelify import Skelify, SkelifyConfig
+
+    models = ensure_models_dir(models_dir)
+    rounds = list_rounds(workdir / "releases" / release)
+    if not rounds:
+        raise typer.BadParameter(f"no rounds of release {release!r} under {workdir}")
+    start = rounds[-1] if from_round is None else from_round
+    skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations))
+    report = refine_round(workdir, release, start, skelify)
+    typer.echo(f"round {report.round}: {report.changed} changed, {report.kept} kept, {report.skipped} skipped; "
+               f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}")  # fmt: skip
+
+
+@app.command("rounds")
+def rounds_cmd(
+    workdir: Path = typer.Argument(..., help="Workdir holding labels.h5 and releases/."),
+    release: str = typer.Option("synthetic", help="Release name."),
+) -> None:
+    """Per round: counts, labels changed/rejected, mean kp2d_err and limit violation."""
+    from skelpgt.datasets.rounds import rounds_table
+
+    typer.echo(rounds_table(workdir, release))
+
+
+@app.command("diff")
+def diff_cmd(
+    workdir: Path = typer.Argument(..., help="Workdir holding labels.h5."),
+    round_a: int = typer.Argument(..., help="Earlier round."),
+    round_b: int = typer.Argument(..., help="Later round."),
+) -> None:
+    """List the labels (person key, side, old id → new id) that differ between two rounds."""
+    from skelpgt.datasets.rounds import diff_rounds
+
+    changes = diff_rounds(workdir, round_a, round_b)
+    for key, side, old, new in changes:
+        typer.echo(f"{key}\t{side}\t{old} -> {new}")
+    typer.echo(f"{len(changes)} label(s) differ between round {round_a} and round {round_b}")
+
+
 def _read_smpl_npz(path: Path) -> dict:
     """SMPL pose (N,72), betas (N,10), trans (N,3) tensors from an npz, with errors naming the key."""
     import numpy as np

@@ -134,3 +134,22 @@ def test_rerunning_a_round_changes_nothing(project, models_dir, skel_model):
     assert (workdir / "releases" / "syn" / "round-1" / "manifest.json").read_bytes() == manifest
     with LabelStore(workdir / "labels.h5") as store:
         assert len(store) == n_rows
+
+
+def test_rounds_and_diff_commands(project, models_dir, skel_model):
+    from typer.testing import CliRunner
+
+    from skelpgt.pipelines.cli import app
+
+    workdir = project["workdir"]
+    if not (workdir / "releases" / "syn" / "round-1").exists():
+        refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
+    runner = CliRunner()
+    table = runner.invoke(app, ["rounds", str(workdir), "--release", "syn"])
+    assert table.exit_code == 0, table.output
+    assert "| 0 |" in table.output and "| 1 | 0 |" in table.output
+    diff = runner.invoke(app, ["diff", str(workdir), "0", "1"])
+    assert diff.exit_code == 0 and "differ between round 0 and round 1" in diff.output
+    with LabelStore(workdir / "labels.h5") as store:
+        changed = int(store.rows_of_round(1)["accepted"].sum())
+    assert f"{changed} label(s) differ" in diff.output
