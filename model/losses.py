@@ -1,0 +1,80 @@
+"""Training losses of hsmr-pipeline.md §5.5 (per batch, divided by B, summed over joints/coordinates).
+
+  kp2d   Σ_j c_j Σ_xy |x̂_j − x*_j|           predicted SKEL keypoints through the predicted camera
+  kp3d   Σ_j Σ_xyz |(X_j − X_39) − (X*_j − X*_39)|   target = keypoints of the label SKEL (valid labels)
+  orient Σ (R_0 − R*_0)²                        pelvis DOF rotation (valid labels)
+  body   Σ_{j=1..23} (R_j − R*_j)²              per-joint DOF rotations of all other joints
+  betas  Σ_k (β_k − β*_k)²                      has_betas (invalid labels regress β to 0)
+  prior  mean joint-limit violation (deg)       off by default (HSMR weight 0)
+R = per-joint rotations from q (`rotations_from_dofs`, = SKEL.pose_rotations) for both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from skelpgt.fitting.camera import FOCAL_NORMALISED, project
+from skelpgt.fitting.keypoints import ROOT_INDEX, KeypointRegressor
+from skelpgt.fitting.limits import limit_violation
+from skelpgt.fitting.skel import SKEL
+from torch import Tensor, nn
+
+from .network import cam_translation, rotations_from_dofs
+
+
+@dataclass
+class LossWeights:
+    kp3d: float = 0.05
+    kp2d: float = 0.01
+    orient: float = 0.002
+    body: float = 0.001
+    betas: float = 0.0005
+    prior: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BodyModel(nn.Module):
+    """SKEL + 44-keypoint regressor: (q, β) → keypoints (B,44,3) and skin (B,6890,3), translation 0."""
+
+    def __init__(self, models_dir, gender: str = "male"):
+        super().__init__()
+        self.skel = SKEL.from_file(models_dir, gender=gender)
+        self.regressor = KeypointRegressor.from_models_dir(models_dir)
+
+    def forward(self, q: Tensor, betas: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.skel(q, betas)
+        return self.regressor(out.skin_verts), out.skin_verts
+
+
+def projected_keypoints(kp3d: Tensor, cam: Tensor) -> Tensor:
+    """Model keypoints (B,K,3) through the weak-perspective camera (s, tx, ty) → (B,K,2) crop units."""
+    return project(kp3d, cam_translation(cam, FOCAL_NORMALISED), FOCAL_NORMALISED)
+
+
+def compute_losses(pred: dict, batch: dict, body: BodyModel, weights: LossWeights) -> tuple[Tensor, dict[str, Tensor]]:
+    """Network output + batch → (weighted total, dict of unweighted terms incl. 'total')."""
+    b = pred["q"].shape[0]
+    kp_pred, _ = body(pred["q"], pred["betas"])
+    with torch.no_grad():
+        kp_label, _ = body(batch["q"], batch["betas"])
+    has = batch["has_pose"]
+    x2d = projected_keypoints(kp_pred, pred["cam"])
+    kp2d = batch["kp2d"]
+    l_2d = (kp2d[..., 2:3] * (x2d - kp2d[..., :2]).abs()).sum((1, 2)).sum() / b
+    rel_p = kp_pred - kp_pred[:, ROOT_INDEX : ROOT_INDEX + 1]
+    rel_t = kp_label - kp_label[:, ROOT_INDEX : ROOT_INDEX + 1]
+    l_3d = (has * (rel_p - rel_t).abs().sum((1, 2))).sum() / b
+    r_p, r_t = rotations_from_dofs(pred["q"]), rotations_from_dofs(batch["q"])
+    sq = ((r_p - r_t) ** 2).sum((2, 3))  # (B,24)
+    l_orient = (has * sq[:, 0]).sum() / b
+    l_body = (has * sq[:, 1:].sum(1)).sum() / b
+    l_betas = (batch["has_betas"] * ((pred["betas"] - batch["betas"]) ** 2).sum(1)).sum() / b
+    terms = {"kp2d": l_2d, "kp3d": l_3d, "orient": l_orient, "body": l_body, "betas": l_betas}
+    if weights.prior > 0:
+        terms["prior"] = limit_violation(pred["q"]).mean()
+    total = sum(getattr(weights, k) * v for k, v in terms.items())
+    terms["total"] = total
+    return total, terms

@@ -1,0 +1,440 @@
+"""HSMR-style regressor: ViT backbone + one-query transformer decoder head → SKEL q (46), β (10), camera.
+
+Layout follows hsmr-pipeline.md §5.1–5.4 (no code copied from HSMR/HMR2.0/4D-Humans):
+
+* Backbone: plain ViT on a 256 (H) × 192 (W) crop, 16×16 patch conv (stride 16, padding 4 as in
+  ViTPose → 16 × 12 = 192 tokens), absolute position embedding of 1 + N entries added as
+  (entries 1…N) + (entry 0), pre-LN blocks, final LayerNorm. Sizes come from `VIT_CONFIGS`
+  (`vit-h`: dim 1280, depth 32, 16 heads — real training; `vit-tiny`: CPU tests and the demo).
+* Head: ONE learned query token, `depth` decoder layers (pre-LN self-attention, cross-attention
+  to the patch tokens, GELU MLP, all residual), then three linear outputs added to fixed means:
+  pose 24 × 6, β 10, camera (s, tx, ty).
+* Pose parameterisation (§5.3): joints with 3 DOFs and the 2-DOF hands read their 6-vector as the
+  first two COLUMNS of a matrix, Gram–Schmidt (`roma.special_gramschmidt`) → rotation in the BSM
+  joint frame → DOFs by the extrinsic Euler decomposition that inverts `SKEL.pose_rotations`
+  (the same convention as `skelpgt.fitting.convert.dofs_from_rotations`; for hands the third
+  angle is dropped). 1-DOF joints read (cos q, −sin q) from the first two entries: q = atan2(−r1, r0).
+* Mean: zero pose except the pelvis, whose mean rotation makes the body upright and facing the
+  camera (global Rx(π) in the SKEL output frame; `mean_pelvis_rotation(skel)` converts it to the
+  BSM pelvis frame), β = 0, camera (0.9, 0, 0) (HSMR's SKEL_mean camera).
+
+Pretrained backbones: `load_backbone(model_or_backbone, state_dict)` accepts timm ViT key names
+(see `load_backbone`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import roma
+import torch
+from skelpgt.fitting.skel import (
+    DOF_AXES,
+    DOF_JOINT,
+    DOFS_PER_JOINT,
+    NUM_DOFS,
+    NUM_JOINTS,
+)
+from torch import Tensor, nn
+
+NUM_BETAS = 10
+MEAN_CAMERA = (0.9, 0.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class ViTConfig:
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float = 4.0
+    patch: int = 16
+    padding: int = 4
+    image_size: tuple[int, int] = (256, 192)  # (H, W)
+    drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    dim: int = 1024
+    depth: int = 6
+    heads: int = 8
+    head_dim: int = 64
+    mlp_dim: int = 1024
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    backbone: ViTConfig
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetConfig:
+        bb = dict(d["backbone"])
+        bb["image_size"] = tuple(bb["image_size"])
+        return cls(ViTConfig(**bb), HeadConfig(**d["head"]))
+
+
+VIT_CONFIGS: dict[str, NetConfig] = {
+    # HSMR's paper model (§5.1/§5.2). Never instantiated in the CPU tests.
+    "vit-h": NetConfig(ViTConfig(dim=1280, depth=32, heads=16, drop_path=0.55), HeadConfig()),
+    "vit-b": NetConfig(ViTConfig(dim=768, depth=12, heads=12, drop_path=0.3), HeadConfig()),
+    # CPU-sized model for tests and the synthetic demo.
+    "vit-tiny": NetConfig(ViTConfig(dim=192, depth=4, heads=3), HeadConfig(dim=192, depth=2, heads=3, head_dim=64, mlp_dim=384)),
+    # Even smaller: unit tests.
+    "vit-micro": NetConfig(ViTConfig(dim=64, depth=2, heads=2), HeadConfig(dim=64, depth=1, heads=2, head_dim=32, mlp_dim=128)),
+}
+
+
+def net_config(arch: str | NetConfig | dict) -> NetConfig:
+    if isinstance(arch, NetConfig):
+        return arch
+    if isinstance(arch, dict):
+        return NetConfig.from_dict(arch)
+    try:
+        return VIT_CONFIGS[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(VIT_CONFIGS)}") from None
+
+
+# ----------------------------------------------------------------------------- pose parameterisation
+def _dof_table() -> Tensor:
+    table = torch.full((NUM_JOINTS, 3), NUM_DOFS, dtype=torch.long)
+    for j in range(NUM_JOINTS):
+        own = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
+        table[j, : len(own)] = torch.tensor(own)
+    return table
+
+
+_DOF_TABLE = _dof_table()
+_AXES = torch.tensor(DOF_AXES, dtype=torch.float64)
+SINGLE_DOF_JOINTS = tuple(j for j, n in enumerate(DOFS_PER_JOINT) if n == 1)
+MULTI_DOF_JOINTS = tuple(j for j, n in enumerate(DOFS_PER_JOINT) if n > 1)
+
+
+def _euler_layout() -> list[tuple[int, list[int], str, list[float]]]:
+    """Per multi-DOF joint: (joint, its DOF ids, extrinsic Euler letters, axis signs)."""
+    out = []
+    for j in MULTI_DOF_JOINTS:
+        dofs = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
+        letters, signs = "", []
+        for i in dofs:
+            a = np.asarray(DOF_AXES[i])
+            k = int(np.abs(a).argmax())
+            letters += "xyz"[k]
+            signs.append(float(np.sign(a[k])))
+        if len(letters) == 2:  # hands: complete to three axes, the extra angle is dropped
+            letters += next(c for c in "xyz" if c not in letters)
+        out.append((j, dofs, letters, signs))
+    return out
+
+
+_EULER = _euler_layout()
+_SINGLE_DOFS = [next(i for i, dj in enumerate(DOF_JOINT) if dj == j) for j in SINGLE_DOF_JOINTS]
+
+
+def rotations_from_dofs(q: Tensor) -> Tensor:
+    """q (B,46) → per-joint DOF rotations (B,24,3,3) in the BSM joint frames (= `SKEL.pose_rotations`)."""
+    b = q.shape[0]
+    axes = _AXES.to(q.device, q.dtype)
+    per_dof = roma.rotvec_to_rotmat(q[..., None] * axes)
+    eye = torch.eye(3, dtype=q.dtype, device=q.device).expand(b, 1, 3, 3)
+    per_dof = torch.cat((per_dof, eye), dim=1)
+    t = _DOF_TABLE.to(q.device)
+    return per_dof[:, t[:, 2]] @ per_dof[:, t[:, 1]] @ per_dof[:, t[:, 0]]
+
+
+def decode_pose(raw: Tensor) -> tuple[Tensor, Tensor]:
+    """Network pose output (B,24,6) → (q (B,46), Gram–Schmidt matrices (B,24,3,3); 1-DOF rows unused)."""
+    b = raw.shape[0]
+    mats = roma.special_gramschmidt(raw.view(b, NUM_JOINTS, 2, 3).transpose(-1, -2))
+    cols = []
+    index = []
+    for j, dofs, letters, signs in _EULER:
+        angles = roma.rotmat_to_euler(letters, mats[:, j])
+        for i, (dof, sign) in enumerate(zip(dofs, signs)):
+            cols.append(angles[:, i] * sign)
+            index.append(dof)
+    single = torch.atan2(-raw[:, list(SINGLE_DOF_JOINTS), 1], raw[:, list(SINGLE_DOF_JOINTS), 0])
+    values = torch.cat((torch.stack(cols, dim=-1), single), dim=-1)
+    index += _SINGLE_DOFS
+    order = torch.empty(NUM_DOFS, dtype=torch.long)
+    order[torch.tensor(index)] = torch.arange(NUM_DOFS)
+    return values[:, order.to(raw.device)], mats
+
+
+def joint_dofs_from_rotation(joint: int, rot: Tensor) -> Tensor:
+    """DOF values (B,n) of multi-DOF joint `joint` from its BSM-frame rotation (B,3,3) (same convention as decode_pose)."""
+    _, _, letters, signs = next(e for e in _EULER if e[0] == joint)
+    angles = roma.rotmat_to_euler(letters, rot)
+    return torch.stack([angles[:, i] * sign for i, sign in enumerate(signs)], dim=-1)
+
+
+def encode_pose(q: Tensor) -> Tensor:
+    """Inverse of `decode_pose` (up to Euler ambiguity): q (B,46) → 6D/2D representation (B,24,6)."""
+    rot = rotations_from_dofs(q)
+    raw = torch.cat((rot[..., :, 0], rot[..., :, 1]), dim=-1)  # columns 0 and 1
+    single = torch.stack((torch.cos(q[:, _SINGLE_DOFS]), -torch.sin(q[:, _SINGLE_DOFS])), dim=-1)
+    raw = raw.clone()
+    raw[:, list(SINGLE_DOF_JOINTS)] = torch.cat((single, torch.zeros_like(single[..., :1]).expand(-1, -1, 4)), dim=-1)
+    return raw
+
+
+def rot_x(angle: float) -> Tensor:
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def pelvis_frame(skel) -> Tensor:
+    """F (3,3) with global pelvis rotation = F · Rp0 · Fᵀ: F = Rk0 · Ra0ᵀ, the pelvis bone alignment
+    being the fixed `per_joint_rot[0]` (no shape dependence)."""
+    return (skel.per_joint_rot[0] @ skel.apose_rot[0].T).detach().float().cpu()
+
+
+def mean_pelvis_rotation(skel=None) -> Tensor:
+    """BSM-frame pelvis rotation Rp0 (3,3) of an upright person facing the camera (global Rx(π))."""
+    f = torch.eye(3) if skel is None else pelvis_frame(skel)
+    return f.T @ rot_x(math.pi) @ f
+
+
+def mean_pose_raw(pelvis: Tensor | None = None) -> Tensor:
+    """Mean pose in the network's representation (24,6): identity / (1, 0) everywhere, pelvis = `pelvis`."""
+    raw = encode_pose(torch.zeros(1, NUM_DOFS))[0]
+    if pelvis is not None:
+        raw[0] = torch.cat((pelvis[:, 0], pelvis[:, 1]))
+    return raw
+
+
+# ----------------------------------------------------------------------------- building blocks
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """timm-compatible self-attention (fused qkv with bias, proj)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.dim, cfg.patch, stride=cfg.patch, padding=cfg.padding)
+        h, w = cfg.image_size
+        self.grid = ((h + 2 * cfg.padding - cfg.patch) // cfg.patch + 1, (w + 2 * cfg.padding - cfg.patch) // cfg.patch + 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ViT(nn.Module):
+    """Plain ViT backbone; (B,3,H,W) → patch tokens (B,N,dim). Parameter names follow timm."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        n = self.patch_embed.grid[0] * self.patch_embed.grid[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, self_attn: bool = False):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
+        self.out = nn.Linear(inner, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q = self.to_q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.to_kv(context).view(b, context.shape[1], 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, n, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: HeadConfig, context_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.self_attn = CrossAttention(cfg.dim, cfg.dim, cfg.heads, cfg.head_dim)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.norm_ctx = nn.LayerNorm(context_dim)
+        self.cross_attn = CrossAttention(cfg.dim, context_dim, cfg.heads, cfg.head_dim)
+        self.norm3 = nn.LayerNorm(cfg.dim)
+        self.mlp = Mlp(cfg.dim, cfg.mlp_dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h)
+        x = x + self.cross_attn(self.norm2(x), self.norm_ctx(context))
+        return x + self.mlp(self.norm3(x))
+
+
+class SKELHead(nn.Module):
+    """One query token cross-attending to the backbone tokens → (pose raw (B,24,6), β (B,10), cam (B,3))."""
+
+    def __init__(self, cfg: HeadConfig, context_dim: int, mean_pelvis: Tensor | None = None):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.query_pos = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        nn.init.trunc_normal_(self.query_pos, std=0.02)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, context_dim) for _ in range(cfg.depth))
+        self.apply(_init_weights)
+        self.dec_pose = nn.Linear(cfg.dim, NUM_JOINTS * 6)
+        self.dec_betas = nn.Linear(cfg.dim, NUM_BETAS)
+        self.dec_cam = nn.Linear(cfg.dim, 3)
+        for lin in (self.dec_pose, self.dec_betas, self.dec_cam):
+            nn.init.xavier_uniform_(lin.weight, gain=0.01)
+            nn.init.zeros_(lin.bias)
+        self.register_buffer("mean_pose", mean_pose_raw(mean_pelvis).reshape(-1))
+        self.register_buffer("mean_betas", torch.zeros(NUM_BETAS))
+        self.register_buffer("mean_cam", torch.tensor(MEAN_CAMERA))
+
+    def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b = context.shape[0]
+        x = (self.query + self.query_pos).expand(b, -1, -1)
+        for layer in self.layers:
+            x = layer(x, context)
+        tok = x[:, 0]
+        pose = (self.dec_pose(tok) + self.mean_pose).view(b, NUM_JOINTS, 6)
+        return pose, self.dec_betas(tok) + self.mean_betas, self.dec_cam(tok) + self.mean_cam
+
+
+class Regressor(nn.Module):
+    """Image crop (B,3,256,192) ImageNet-normalised → dict(q (B,46), betas (B,10), cam (B,3), pose_raw, pose_mats)."""
+
+    def __init__(self, arch: str | NetConfig | dict = "vit-tiny", mean_pelvis: Tensor | None = None):
+        super().__init__()
+        self.config = net_config(arch)
+        self.backbone = ViT(self.config.backbone)
+        self.head = SKELHead(self.config.head, self.config.backbone.dim, mean_pelvis)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        pose_raw, betas, cam = self.head(self.backbone(images))
+        q, mats = decode_pose(pose_raw)
+        return {"q": q, "betas": betas, "cam": cam, "pose_raw": pose_raw, "pose_mats": mats}
+
+
+def cam_translation(cam: Tensor, focal: float) -> Tensor:
+    """Weak-perspective (s, tx, ty) (B,3) → translation (B,3) = (tx, ty, 2·f/s), f in crop units (§2.5)."""
+    s = cam[:, 0]
+    return torch.stack((cam[:, 1], cam[:, 2], 2.0 * focal / (s + 1e-9)), dim=-1)
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+def load_backbone(module: nn.Module, state_dict: dict, strict: bool = True) -> list[str]:
+    """Load a timm / ViTPose ViT state dict into `module` (a `Regressor` or a `ViT`); returns ignored keys.
+
+    Key mapping (timm `VisionTransformer` names = ours, prefix-stripped):
+      `patch_embed.proj.{weight,bias}`, `pos_embed` (1, 1+N, dim; resized bicubically if the
+      token grid differs, entry 0 kept), `blocks.{i}.norm1|norm2.{weight,bias}`,
+      `blocks.{i}.attn.qkv.{weight,bias}`, `blocks.{i}.attn.proj.{weight,bias}`,
+      `blocks.{i}.mlp.fc1|fc2.{weight,bias}`, `norm.{weight,bias}` (ViTPose: `last_norm.*` → `norm.*`).
+    Prefixes `backbone.`, `module.`, `model.` are stripped. Ignored: `cls_token`, `head.*`,
+    `fc_norm.*`, `keypoint_head.*` and anything else not in the backbone.
+    """
+    vit = module.backbone if isinstance(module, Regressor) else module
+    own = vit.state_dict()
+    out, ignored = {}, []
+    for key, value in state_dict.items():
+        k = key
+        for prefix in ("module.", "model.", "backbone."):
+            k = k.removeprefix(prefix)
+        k = k.replace("last_norm.", "norm.")
+        if k not in own:
+            ignored.append(key)
+            continue
+        if k == "pos_embed" and value.shape != own[k].shape:
+            value = _resize_pos_embed(value, vit.patch_embed.grid)
+        out[k] = value
+    missing = [k for k in own if k not in out]
+    if strict and missing:
+        raise KeyError(f"backbone state dict lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
+    vit.load_state_dict(out, strict=False)
+    return ignored
+
+
+def _resize_pos_embed(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    first, rest = pos[:, :1], pos[:, 1:]
+    n = rest.shape[1]
+    side = round(math.sqrt(n))
+    if side * side != n:
+        raise ValueError(f"cannot resize a non-square position embedding of {n} tokens")
+    rest = rest.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    rest = nn.functional.interpolate(rest, size=grid, mode="bicubic", align_corners=False)
+    return torch.cat((first, rest.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)), dim=1)
