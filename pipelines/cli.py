@@ -204,6 +204,21 @@ def refine_cmd(
                f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}")  # fmt: skip
 
 
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Path = typer.Argument(..., help="Regressor checkpoint (.pt)."),
+    release: Path = typer.Argument(..., help="Release folder (or one round of it)."),
+    out: Path = typer.Argument(..., help="Where to write the predictions (.npz)."),
+    round: int = typer.Option(None, help="Round (default: latest)."),
+    models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+) -> None:
+    """Per-sample regressor predictions (poses, betas, camera, 2D keypoints) for a refinement round."""
+    from skelpgt.model.predict import predict
+
+    info = predict(checkpoint, release, out, round=round, models_dir=models_dir)
+    typer.echo(f"{out}: {info}")
+
+
 @app.command("rounds")
 def rounds_cmd(
     workdir: Path = typer.Argument(..., help="Workdir holding labels.h5 and releases/."),

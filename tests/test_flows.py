@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,11 +120,21 @@ def test_release_shards_reshards_the_current_labels(prefect_api, sources, tmp_pa
     assert verify_release(tmp_path / "w" / "releases" / "small", store=tmp_path / "w" / "labels.h5").ok
 
 
-def test_unbuilt_flows_fail_loudly(prefect_api):
-    from skelpgt.pipelines.stubs import NotBuiltYet, train_regressor
+def test_train_regressor_flow_trains_and_evaluates(prefect_api, sources, tmp_path):
+    from skelpgt.pipelines.train import train_regressor
 
+    _build(tmp_path / "w", [sources])
+    out = train_regressor(workdir=str(tmp_path / "w"), arch="vit-micro", steps=2, batch_size=2)
+    assert Path(out["checkpoint"]).is_file()
+    assert "mean_pose" in json.dumps(out["metrics"])
+
+
+def test_refine_from_a_checkpoint_is_not_built_yet(prefect_api, sources, tmp_path):
+    from skelpgt.pipelines.refine import NotBuiltYet, refine_labels
+
+    _build(tmp_path / "w", [sources])
     with pytest.raises(NotBuiltYet, match="not built yet"):
-        train_regressor()
+        refine_labels(workdir=str(tmp_path / "w"), checkpoint="x.pt")
 
 
 def test_refine_labels_flow_makes_round_one(prefect_api, sources, tmp_path):
