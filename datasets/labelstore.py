@@ -563,28 +563,23 @@ class LabelStore:
             limit = max(1 << 16, n_done // 2) if tail_limit is None else tail_limit
             return n > n_done and (force or n - n_done > limit)
 
-        ix = f["index"]
         if stale(n_keys, n_kix):
-            h = f["keys/hash"][:n_keys]
-            order = np.argsort(h, kind="stable")
-            a["n_keys_indexed"] = 0  # readers fall back to scanning while the index is rewritten
-            self._f.flush()
-            for name, values in (("key_hash", h[order]), ("key_hash_id", order.astype(np.int64))):
-                ix[name].resize(n_keys, axis=0)
-                ix[name][:] = values
-            self._flush()
-            a["n_keys_indexed"] = n_keys
+            self._rewrite_index(f["keys/hash"][:n_keys], "n_keys_indexed", ("key_hash", "key_hash_id"))
         if stale(n_rows, n_ix):
-            kid = f["labels/key_id"][:n_rows]
-            order = np.argsort(kid, kind="stable")
-            a["n_indexed"] = 0
-            self._f.flush()
-            for name, values in (("row_key_id", kid[order]), ("row", order.astype(np.int64))):
-                ix[name].resize(n_rows, axis=0)
-                ix[name][:] = values
-            self._flush()
-            a["n_indexed"] = n_rows
+            self._rewrite_index(f["labels/key_id"][:n_rows], "n_indexed", ("row_key_id", "row"))
         self._flush()
+
+    def _rewrite_index(self, keys: np.ndarray, count_attr: str, names: tuple[str, str]) -> None:
+        """Store `keys` sorted (index `names[0]`) with their positions (`names[1]`), crash-safely."""
+        f, ix = self._f, self._f["index"]
+        order = np.argsort(keys, kind="stable")
+        f.attrs[count_attr] = 0  # readers fall back to scanning while the index is rewritten
+        f.flush()
+        for name, values in zip(names, (keys[order], order.astype(np.int64))):
+            ix[name].resize(len(keys), axis=0)
+            ix[name][:] = values
+        self._flush()
+        f.attrs[count_attr] = len(keys)
 
     def set_current(self, round: int, label_ids: Sequence[int] | np.ndarray) -> int:
         """Make `label_ids` the current labels of their (sample_key, side) in `round`; returns how many changed."""

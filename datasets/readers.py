@@ -57,6 +57,14 @@ class _Sink:
     def good(self) -> None:
         self.c.n_good += 1
 
+    def route(self, result: PersonRecord | QuarantineEntry) -> Iterator[PersonRecord]:
+        """Yield a validated record (counted good) or quarantine the entry explaining why not."""
+        if isinstance(result, QuarantineEntry):
+            self.bad(result)
+        else:
+            self.good()
+            yield result
+
 
 def _pick_image(members: dict[str, bytes]) -> tuple[str, bytes] | None:
     for ext in IMAGE_EXTS:
@@ -107,12 +115,7 @@ def read_hmr2_tar(
             sink.bad(QuarantineEntry(key, src, "data.pyd", "missing: empty person list"))
             continue
         for i, d in enumerate(persons):
-            rec = person_from_dict(d, image_key=key, person_index=i, source_file=src, image=image, image_ext=ext)
-            if isinstance(rec, QuarantineEntry):
-                sink.bad(rec)
-            else:
-                sink.good()
-                yield rec
+            yield from sink.route(person_from_dict(d, image_key=key, person_index=i, source_file=src, image=image, image_ext=ext))
 
 
 def _npz_column(z, names: Iterable[str]):
@@ -246,12 +249,7 @@ def read_npz(
             "has_betas": has_smpl[i],
             "personid": pidx,
         }
-        rec = person_from_dict(d, image_key=image_key, person_index=pidx, source_file=src, image=image, image_ext=ext)
-        if isinstance(rec, QuarantineEntry):
-            sink.bad(rec)
-        else:
-            sink.good()
-            yield rec
+        yield from sink.route(person_from_dict(d, image_key=image_key, person_index=pidx, source_file=src, image=image, image_ext=ext))
 
 
 def source_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:

@@ -39,6 +39,8 @@ from typing import Iterator
 
 import numpy as np
 
+from skelpgt.fitting.synthetic import axis_rotation
+
 from .atomic import atomic_write_bytes, fsync_dir
 from .pyd import dump_pyd
 from .release import canonical_json
@@ -95,21 +97,6 @@ class SyntheticImage:
     persons: list[dict]
     truth: list[dict]
     mask: np.ndarray
-
-
-def _rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def _rot_y(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _rot_z(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def _rotvec(r: np.ndarray) -> np.ndarray:
@@ -190,7 +177,7 @@ def _background(rng: np.random.Generator, cam: PinholeCamera, pitch: float, heig
     """Floor (tiled, receding), back wall with panels, blob shadows under each person: (H, W, 3) floats in [0, 1]."""
     u, v = np.meshgrid(np.arange(cam.width), np.arange(cam.height))
     rays = np.stack(((u - cam.cx) / cam.focal, (v - cam.cy) / cam.focal, np.ones(u.shape)), -1)
-    level = rays @ _rot_x(pitch)  # camera → level frame (rows are Rᵀ·d)
+    level = rays @ axis_rotation("x", pitch)  # camera → level frame (rows are Rᵀ·d)
     lx, ly, lz = level[..., 0], level[..., 1], level[..., 2]
     wall_z = rng.uniform(9.0, 25.0)
     t_wall = np.where(lz > 1e-6, wall_z / np.maximum(lz, 1e-6), np.inf)
@@ -237,8 +224,8 @@ class _Person:
 
 def _orientation(rng: np.random.Generator, pitch: float) -> np.ndarray:
     """Body → camera rotation: SMPL's y-up frame turned upside down (facing the camera), yaw, small tilt, camera pitch."""
-    body = _rot_y(rng.uniform(-np.pi, np.pi)) @ _rot_x(rng.normal(0, 0.08)) @ _rot_z(rng.normal(0, 0.06))
-    return _rot_x(pitch) @ _rot_x(np.pi) @ body
+    body = axis_rotation("y", rng.uniform(-np.pi, np.pi)) @ axis_rotation("x", rng.normal(0, 0.08)) @ axis_rotation("z", rng.normal(0, 0.06))
+    return axis_rotation("x", pitch) @ axis_rotation("x", np.pi) @ body
 
 
 def _plan_people(rng: np.random.Generator, n: int, pitch: float, hard_fraction: float, seed_pose: int) -> list[dict]:
@@ -319,7 +306,7 @@ class _Generator:
 
     def _place(self, rng: np.random.Generator, person: _Person, pitch: float, height: float, boxes: list) -> np.ndarray | None:
         """Translation (3,) of a feet-on-floor placement that is visible and not hidden by `boxes` (None if none found)."""
-        cam, r = self.cam, _rot_x(pitch)
+        cam, r = self.cam, axis_rotation("x", pitch)
         level = person.verts0 @ r  # camera → level frame (y down)
         kp0 = self.body.kp_matrix @ person.verts0
         lowest = level[:, 1].max()
@@ -353,7 +340,7 @@ class _Generator:
             placed.append(p)
         if not placed:  # nothing fitted: the first person, centred at a safe distance
             p = persons[0]
-            r = _rot_x(pitch)
+            r = axis_rotation("x", pitch)
             level = p.verts0 @ r
             root = self.body.kp_matrix[_ROOT] @ p.verts0 @ r
             p.trans = (r @ np.array([-root[0], height - level[:, 1].max(), DEPTH_RANGE[1] - root[2]])).astype(np.float32)
@@ -361,9 +348,9 @@ class _Generator:
         # Keypoints and shadows from the stored (float32) translation, so the files agree exactly.
         shadows = []
         for p in placed:
-            ground = (p.verts0 + p.trans).mean(0) @ _rot_x(pitch)
+            ground = (p.verts0 + p.trans).mean(0) @ axis_rotation("x", pitch)
             shadows.append((ground[0], ground[2]))
-        light = _rot_x(pitch) @ np.array([rng.uniform(-1, 1), rng.uniform(-1.5, -0.3), -rng.uniform(0.2, 1.0)])
+        light = axis_rotation("x", pitch) @ np.array([rng.uniform(-1, 1), rng.uniform(-1.5, -0.3), -rng.uniform(0.2, 1.0)])
         ambient = rng.uniform(0.3, 0.5)
         # 2× supersampling, box-filtered down: smooth silhouettes like a camera's, not stair steps.
         big = cam.scaled(SUPERSAMPLE)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
+from scipy.spatial.transform import Rotation
 import torch
 
 from .bodymesh import BodyMesh, build_body_mesh
@@ -74,14 +75,9 @@ def skel_joint_targets() -> np.ndarray:
     return joints
 
 
-def _rot_y(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _rot_z(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+def axis_rotation(axis: str, angle: float) -> np.ndarray:
+    """3×3 right-handed rotation by `angle` rad about the coordinate axis 'x', 'y' or 'z'."""
+    return Rotation.from_euler(axis, angle).as_matrix()
 
 
 def _rotation_between(u: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -238,7 +234,7 @@ def pose_directions(mesh: BodyMesh, rng: np.random.Generator, scale: float = 0.0
 # -- SKEL rest skeleton ---------------------------------------------------------------------------
 
 
-_TO_SMPL = _rot_y(-math.pi / 2)  # OpenSim axes (x front, y up, z right) → SMPL's (x left, y up, z front)
+_TO_SMPL = axis_rotation("y", -math.pi / 2)  # OpenSim axes (x front, y up, z right) → SMPL's (x left, y up, z front)
 _ARMS = ((15, (15, 16, 17, 18), 1.0), (20, (20, 21, 22, 23), -1.0))  # shoulder, bones, side
 
 
@@ -247,7 +243,7 @@ def _bsm_bone_rotations() -> np.ndarray:
     position: arms hanging at the sides are the frames' zero, BSM's rest lifts them 45°."""
     rot = np.repeat(np.eye(3)[None], 24, axis=0)
     for _, bones, side in _ARMS:
-        rot[list(bones)] = _rot_z(-side * (math.pi / 2 - _ARM_DROP))
+        rot[list(bones)] = axis_rotation("z", -side * (math.pi / 2 - _ARM_DROP))
     return rot
 
 
@@ -255,7 +251,7 @@ def bsm_rest_joints(skel_joints: np.ndarray) -> np.ndarray:
     """BSM rest-pose joints (24,3): the stand-in's skeleton, a bit taller, arms 45° down."""
     rest = skel_joints.copy()
     for shoulder, bones, side in _ARMS:
-        down = _rot_z(side * _ARM_DROP)  # from the T-pose's horizontal arms
+        down = axis_rotation("z", side * _ARM_DROP)  # from the T-pose's horizontal arms
         rest[list(bones)] = (rest[list(bones)] - rest[shoulder]) @ down.T + rest[shoulder]
     return rest * _BSM_SCALE
 
