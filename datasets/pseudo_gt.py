@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from skelpgt.fitting.camera import normalise_keypoints
 from skelpgt.fitting.convert import Converter
 
@@ -210,7 +209,7 @@ def summarize(conversions: list[ShardConversion]) -> dict:
     pve_max = np.concatenate([c.labels["orig"]["pve_max"] for c in conversions]) * 1000
     seconds = sum(c.seconds for c in conversions)
     labelled = sum(c.n_labelled for c in conversions)
-    pct = lambda a, q: float(np.percentile(a, q)) if a.size else float("nan")  # noqa: E731
+    pct = lambda a, q: float(np.percentile(a, q)) if a.size else float("nan")
     return {
         "shards": len(conversions),
         "persons_in": sum(c.n_in for c in conversions),
@@ -257,4 +256,21 @@ def reshard_round(workdir: str | os.PathLike, release: str, round: int, *, sampl
         workdir, name, round, release_samples(sources, labels, round=round, release=name, skip={e.key for e in quarantine}),
         quarantine=quarantine, parent_round=manifest.get("parent_round"), config=config, code_version=code_version(),
         samples_per_shard=samples_per_shard, overwrite=True,
+    )  # fmt: skip
+
+
+def build_round0(sources: list[str | os.PathLike], workdir: str | os.PathLike, release: str, converter: Converter) -> dict:
+    """The `build-pseudo-gt` steps in one process (tests, benchmarks, the regressor demo): sources → round-0 release; its manifest."""
+    from .release import finalize_release, staging_dir
+
+    workdir = Path(workdir)
+    sources = [str(s) for s in sources]
+    conversions = [convert_source_shard(s, converter, conversion_path(workdir, release, s)) for s in sources]
+    ids = record_round0(workdir / "labels.h5", conversions)
+    stage = staging_dir(workdir, release, 0)
+    infos = [write_release_shard(c, ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
+    return finalize_release(
+        workdir, release, 0, shard_infos=infos, quarantine=[e for c in conversions for e in c.quarantine],
+        config={"convert": {**asdict(converter.config), "digest": converter.config.digest()}, "sources": sources},
+        code_version=code_version(), n_in=sum(c.n_in for c in conversions),
     )  # fmt: skip

@@ -7,20 +7,51 @@ limit and shape priors). The best candidate replaces the label only if its score
 lower. Every candidate's best version is recorded (producer 'skelify', parent = the label it
 challenged, accepted true/false), so the store keeps the full history; round N is never touched.
 The flip side is refined on the mirrored keypoints, so flip labels stay independent fits.
+
+Camera (`camera=`, recorded in the round's config and so in its digest; schema.md §5): fits and
+scores use a per-person perspective camera in normalised crop units (focal f/s, principal point
+(c − b)/s for intrinsics f, c px and a crop of centre b, side s px), taken, in order, from
+* the source's own intrinsics: `camera.focal_px` / `camera.principal_point_px` of the synthetic
+  dataset's dataset.json beside its shards (found as `rounds.find_truth` finds truth.npz);
+* with camera='full-image', CLIFF's estimate from the image size (focal √(W² + H²) px, principal
+  point at the image centre; size read from the image's JPEG/PNG header);
+* else HSMR's crop camera (f_n = 5000/256, p_n = 0) — HMR2.0 tars carry no intrinsics.
+camera='crop' forces HSMR's crop camera for everyone (the behaviour before cameras were known).
+Why: the crop camera cannot represent an off-centre person's projection (it ignores the ray
+angle), so fitting 2D below its floor bends the body: measured on the synthetic data, a round
+through it cut 2D error ~10× and made labels ~5× worse in 3D (benchmarks/skelify.py).
+
+Resume: a round is written chunk by chunk (fixed chunks of `batch_size` persons per side). The
+label-store rows of a chunk are committed in one append, and appends are idempotent per
+(key, side, round, producer, config digest), so a rerun of an interrupted round reads the chunks
+that were committed back from the store instead of fitting them again, fits the rest, and writes
+the release round N+1 from scratch (staged, renamed into place): the same rows, label ids and
+manifest bytes as an uninterrupted run. Round N is only read.
+
+Test hook: with `SKELPGT_REFINE_KILL_AFTER_CHUNKS=n` in the environment the process SIGKILLs
+itself right after the n-th newly committed chunk (rows written, current labels not yet set), the
+harshest point for a resume. Costs one environment lookup per round.
+
+pve_mean / pve_max of a refined label are its parent's (the SMPL→SKEL fit quality of the person's
+source), not recomputed; see schema.md §4 for why.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from skelpgt.fitting.camera import normalise_keypoints
+from skelpgt.fitting.camera import FOCAL_NORMALISED, crop_intrinsics, full_image_intrinsics, normalise_keypoints
 from skelpgt.fitting.keypoints import flip_keypoints_normalised
-from skelpgt.fitting.skelify import Skelify
+from skelpgt.fitting.mirror import mirror_pose
+from skelpgt.fitting.skelify import Skelify, acceptance_score
 
 from .labelstore import LabelStore
 from .pseudo_gt import SIDES, code_version, digest_of, release_samples
@@ -28,6 +59,7 @@ from .quarantine import read_quarantine
 from .readers import read_source
 from .records import SkelLabel
 from .release import QUARANTINE, read_manifest, resolve_round, write_release
+from .rounds import dataset_meta
 
 
 @dataclass
@@ -36,8 +68,8 @@ class RoundReport:
 
     round: int
     changed: int
-    kept: int
-    skipped: int
+    kept: int  # refined, candidate rejected (the current label stays)
+    skipped: int  # keypoints unusable: not refined
     kp2d_err_before: float
     kp2d_err_after: float
     violation_before: float
@@ -45,35 +77,84 @@ class RoundReport:
     manifest: dict
 
 
+KILL_ENV = "SKELPGT_REFINE_KILL_AFTER_CHUNKS"
+# {person key: {'orig' | 'flip': (q (46,) rad, β (10,))}}: starting points from a regressor.
+Predictions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+_ROW_FIELDS = ("label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted")
+CAMERAS = ("source", "full-image", "crop")  # see the module docstring
+
+
 def refine_round(
     workdir: str | os.PathLike,
     release: str,
     from_round: int,
     skelify: Skelify,
-    predictions: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    predictions: Predictions | None = None,
     checkpoint_digest: str = "",
     batch_size: int = 64,
+    camera: str = "source",
 ) -> RoundReport:
-    """Refine release `release` round `from_round` into round `from_round + 1` (store + release)."""
+    """Refine release `release` round `from_round` into round `from_round + 1` (store + release).
+
+    With `predictions`, every person side with a prediction gets a second SKELify candidate
+    started from it; the better-scoring candidate challenges the current label. `camera`: one of
+    CAMERAS, where the per-person intrinsics come from (module docstring).
+    """
+    if camera not in CAMERAS:
+        raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
     workdir = Path(workdir)
     folder = resolve_round(workdir / "releases" / release, from_round)
     manifest = read_manifest(folder)
     sources = manifest["config"]["sources"]
     to_round = from_round + 1
-    config = {"skelify": vars(skelify.config), "checkpoint_digest": checkpoint_digest, "from_round": from_round}
+    config = {
+        "skelify": vars(skelify.config), "checkpoint_digest": checkpoint_digest, "from_round": from_round,
+        "camera": {"mode": camera, "sources": [_describe_camera(s, camera) for s in sources]},
+    }  # fmt: skip
     config_digest = digest_of(config)
     with LabelStore(workdir / "labels.h5", "r") as store:
         labels = store.skel_labels(from_round)
+        committed = _committed_rows(store, to_round, config_digest)
     people = {r.key: r for r in read_source(sources) if r.key in labels}
     keys = sorted(people)
+    intrinsics = intrinsics_px(people, camera)
     new_labels = {key: list(labels[key]) for key in keys}
     totals = {"changed": 0, "kept": 0, "skipped": 0, "before": [], "after": [], "vb": [], "va": []}
+    kill_after = int(os.environ.get(KILL_ENV) or 0)
+    fitted = 0
     with LabelStore(workdir / "labels.h5", "a") as store:
         for side_index, side in enumerate(SIDES):
             for start in range(0, len(keys), batch_size):  # fixed batches: reruns see the same numbers
                 chunk = [k for k in keys[start : start + batch_size] if labels[k][side_index] is not None]
-                if chunk:
-                    _refine_chunk(store, chunk, side, side_index, people, labels, predictions, skelify, to_round, config_digest, checkpoint_digest, new_labels, totals)
+                if not chunk:
+                    continue
+                current = [labels[k][side_index] for k in chunk]
+                kp = _keypoints(chunk, side, people)
+                cam = crop_camera(chunk, side, people, intrinsics)
+                poses = torch.from_numpy(np.stack([c.poses for c in current]))
+                betas = torch.from_numpy(np.stack([c.betas for c in current]))
+                before = skelify.evaluate(kp, poses, betas, None, *cam)
+                ids = [committed.get((k, side)) for k in chunk]
+                if any(i is None for i in ids):  # not (fully) committed by an interrupted run: fit it
+                    best = _best_candidate(skelify, kp, cam, poses, betas, chunk, side, predictions)
+                    accept = skelify.accept(kp, before, best["poses"], best["betas"], best["kp2d_err"], best["score"])
+                    ids = store.append(
+                        {
+                            "sample_key": chunk, "side": side, "round": to_round, "producer": "skelify",
+                            "parent_label_id": [c.label_id for c in current], "poses": best["poses"].numpy(),
+                            "betas": best["betas"].numpy(), "trans": np.stack([c.trans for c in current]),
+                            "kp2d_err": best["kp2d_err"].numpy(), "limit_violation": best["limit_violation"].numpy(),
+                            "accepted": accept.numpy(), "config_digest": config_digest, "code_version": code_version(),
+                            "checkpoint_digest": checkpoint_digest,
+                        }
+                    ).tolist()  # fmt: skip
+                    fitted += 1
+                    if kill_after and fitted >= kill_after:
+                        os.kill(os.getpid(), signal.SIGKILL)  # test hook (module docstring)
+                # What the store holds is what gets released, whether fitted now or by an earlier run.
+                rows = _rows_in_order(store, ids)
+                store.set_current(to_round, [i if a else c.label_id for i, a, c in zip(ids, rows["accepted"].tolist(), current)])
+                _tally(totals, chunk, side_index, current, before, rows, new_labels)
         store.carry_forward(from_round, to_round)  # unlabelled or skipped persons keep their label
     quarantine = read_quarantine(folder / QUARANTINE)
     out_manifest = write_release(
@@ -83,55 +164,178 @@ def refine_round(
         code_version=code_version(), samples_per_shard=max(1, manifest["counts"]["samples"] // max(1, len(manifest["shards"]))),
         overwrite=True,
     )  # fmt: skip
-    mean = lambda a: float(np.nanmean(a)) if len(a) else float("nan")  # noqa: E731
+    mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     return RoundReport(
         to_round, totals["changed"], totals["kept"], totals["skipped"],
         mean(totals["before"]), mean(totals["after"]), mean(totals["vb"]), mean(totals["va"]), out_manifest,
     )  # fmt: skip
 
 
-def _refine_chunk(store, chunk, side, side_index, people, labels, predictions, skelify, to_round, config_digest, checkpoint_digest, new_labels, totals):
-    """SKELify one batch of one side, choose per person, record every decision."""
+def load_predictions(path: str | os.PathLike) -> Predictions:
+    """`skelpgt predict` npz (key, poses (N,46) rad, betas (N,10)) → Predictions; flip = mirror_pose of orig."""
+    with np.load(path, allow_pickle=False) as data:
+        keys, poses, betas = data["key"], data["poses"].astype(np.float32), data["betas"].astype(np.float32)
+    flipped = mirror_pose(torch.from_numpy(poses)).numpy()
+    return {str(k): {"orig": (poses[i], betas[i]), "flip": (flipped[i], betas[i])} for i, k in enumerate(keys.tolist())}
+
+
+def predict_round(
+    checkpoint: str | os.PathLike, workdir: str | os.PathLike, release: str, round: int, models_dir: str | os.PathLike | None = None
+) -> tuple[Predictions, str]:
+    """Regressor predictions for every person of release round `round` → (Predictions, sha256 of the checkpoint).
+
+    Cached as `<workdir>/predictions/<release>/round-<k>-<checkpoint sha256[:16]>.npz` (written
+    under a temporary name and renamed, so an interrupted prediction is never reused).
+    """
+    from .shards import sha256_file
+
+    digest = sha256_file(checkpoint)
+    out = Path(workdir) / "predictions" / release / f"round-{int(round)}-{digest[:16]}.npz"
+    if not out.is_file():
+        from skelpgt.model.predict import predict
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name[: -len(".npz")] + ".tmp.npz")  # np.savez keeps a '.npz' suffix as is
+        predict(checkpoint, Path(workdir) / "releases" / release, tmp, round=int(round), models_dir=models_dir)
+        os.replace(tmp, out)
+    return load_predictions(out), digest
+
+
+def _committed_rows(store: LabelStore, round: int, config_digest: str) -> dict[tuple[str, str], int]:
+    """(person key, side) → label id of the SKELify rows this round's config already committed."""
+    rows = store.rows_of_round(round, ("label_id", "sample_key", "side", "producer", "config_digest"))
+    mine = (rows["producer"].astype(str) == "skelify") & (rows["config_digest"].astype(str) == config_digest)
+    return {(str(k), str(s)): int(i) for k, s, i in zip(rows["sample_key"][mine], rows["side"][mine], rows["label_id"][mine])}
+
+
+def _rows_in_order(store: LabelStore, ids: list[int]) -> dict[str, np.ndarray]:
+    """Store rows of `ids`, in the order of `ids` (get() returns them sorted by id)."""
+    got = store.get(ids, _ROW_FIELDS)
+    order = np.searchsorted(got["label_id"], np.asarray(ids, np.int64))
+    return {name: values[order] for name, values in got.items()}
+
+
+def _keypoints(chunk: list[str], side: str, people: dict) -> torch.Tensor:
+    """Target keypoints (B,44,3) of one side in normalised crop units (mirrored for 'flip')."""
     recs = [people[k] for k in chunk]
     kp = normalise_keypoints(*(torch.from_numpy(np.stack([getattr(r, f) for r in recs])) for f in ("keypoints_2d", "center", "scale")))
-    if side == "flip":
-        kp = flip_keypoints_normalised(kp)
-    current = [labels[k][side_index] for k in chunk]
-    poses = torch.from_numpy(np.stack([c.poses for c in current]))
-    betas = torch.from_numpy(np.stack([c.betas for c in current]))
-    before = skelify.evaluate(kp, poses, betas)
-    candidates = [skelify.fit(kp, poses, betas)]
-    if predictions:
-        pred = [predictions.get(k, {}).get(side) for k in chunk]
-        if all(p is not None for p in pred):
-            candidates.append(skelify.fit(kp, torch.from_numpy(np.stack([p[0] for p in pred])), torch.from_numpy(np.stack([p[1] for p in pred]))))
+    return flip_keypoints_normalised(kp) if side == "flip" else kp
+
+
+def _source_intrinsics(source: str) -> tuple[float, list[float]] | None:
+    """(focal px, principal point [cx, cy] px) of a source file from its dataset's dataset.json, or None."""
+    meta = dataset_meta(source)
+    if meta is None:
+        return None
+    cam = json.loads(meta.read_text()).get("camera") or {}
+    focal, principal = cam.get("focal_px"), cam.get("principal_point_px")
+    if cam.get("model", "pinhole") != "pinhole" or focal is None or principal is None:
+        return None
+    return float(focal), [float(v) for v in principal]
+
+
+def _describe_camera(source: str, mode: str) -> dict:
+    """What camera a source's people are fitted with (recorded in the round's config)."""
+    known = None if mode == "crop" else _source_intrinsics(source)
+    if known is not None:
+        return {"camera": "dataset.json", "focal_px": known[0], "principal_point_px": known[1]}
+    if mode == "full-image":
+        return {"camera": "full-image", "focal": "sqrt(W^2 + H^2) px", "principal_point": "image centre (W/2, H/2) px"}
+    return {"camera": "crop", "focal_normalised": FOCAL_NORMALISED, "principal_point_normalised": [0.0, 0.0]}
+
+
+def intrinsics_px(people: dict, mode: str) -> dict[str, tuple[float, float, float]]:
+    """{person key: PersonRecord} → {person key: full-image (focal, cx, cy) px} where known under `mode` (absent: HSMR's crop camera)."""
+    if mode == "crop":
+        return {}
+    per_source: dict[str, tuple[float, list[float]] | None] = {}
+    out = {}
+    for key, rec in people.items():
+        if rec.source_file not in per_source:
+            per_source[rec.source_file] = _source_intrinsics(rec.source_file)
+        known = per_source[rec.source_file]
+        if known is not None:
+            out[key] = (known[0], *known[1])
+        elif mode == "full-image":
+            size = image_size(rec.image, rec.image_ext)
+            if size is not None:
+                focal, principal = full_image_intrinsics(torch.tensor([size[0]]), torch.tensor([size[1]]))
+                out[key] = (float(focal[0]), float(principal[0, 0]), float(principal[0, 1]))
+    return out
+
+
+def crop_camera(chunk: list[str], side: str, people: dict, intrinsics: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Persons' focal (B,) and principal point (B,2) in normalised crop units (NaN where unknown: crop camera); x mirrored for 'flip'."""
+    px = torch.tensor([intrinsics.get(k, (float("nan"),) * 3) for k in chunk], dtype=torch.float64)
+    center = torch.from_numpy(np.stack([people[k].center for k in chunk])).double()
+    scale = torch.from_numpy(np.stack([people[k].scale for k in chunk])).double()
+    focal, principal = crop_intrinsics(px[:, 0], px[:, 1:], center, scale)
+    if side == "flip":  # the mirrored image's camera: x_n → −x_n, so p_x → −p_x (focal unchanged)
+        principal = principal * principal.new_tensor([-1.0, 1.0])
+    return focal.float(), principal.float()
+
+
+def image_size(data: bytes, ext: str) -> tuple[int, int] | None:
+    """(width, height) px of an encoded JPEG/PNG from its header (no decoding), or None if unreadable."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):  # walk the JPEG segments to the first start-of-frame
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # segments without a length
+            i += 2
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: precision, height, width
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return (width, height) if width and height else None
+        i += 2 + length
+    return None
+
+
+def _best_candidate(skelify, kp, cam, poses, betas, chunk, side, predictions) -> dict[str, torch.Tensor]:
+    """SKELify from the current label and, where there is one, from the prediction; the better per person.
+
+    Each start gets its translation solved under the person's camera `cam` (focal, principal point)."""
+    candidates = [skelify.fit(kp, poses, betas, None, *cam)]
+    pred = [predictions.get(k, {}).get(side) for k in chunk] if predictions else []
+    have = torch.tensor([p is not None for p in pred], dtype=torch.bool)
+    if have.any():
+        # Persons without a prediction start from their label again (the batch keeps its shape, so
+        # every person's numbers stay independent of who else has a prediction) and lose the vote.
+        q = torch.stack([torch.as_tensor(p[0]) if p is not None else poses[j] for j, p in enumerate(pred)]).float()
+        b = torch.stack([torch.as_tensor(p[1]) if p is not None else betas[j] for j, p in enumerate(pred)]).float()
+        fit = skelify.fit(kp, q, b, None, *cam)
+        fit.score = torch.where(have, fit.score, torch.full_like(fit.score, float("inf")))
+        candidates.append(fit)
     scores = torch.stack([torch.nan_to_num(c.score, nan=float("inf")) for c in candidates])
-    best_index = scores.argmin(0)
-    pick = lambda field: torch.stack([getattr(c, field) for c in candidates])[best_index, torch.arange(len(chunk))]  # noqa: E731
-    best = {f: pick(f) for f in ("poses", "betas", "kp2d_err", "limit_violation", "score")}
-    accept = best["score"] < torch.nan_to_num(before.score, nan=float("inf"))
-    ids = store.append(
-        {
-            "sample_key": chunk, "side": side, "round": to_round, "producer": "skelify",
-            "parent_label_id": [c.label_id for c in current], "poses": best["poses"].numpy(), "betas": best["betas"].numpy(),
-            "trans": np.stack([c.trans for c in current]), "kp2d_err": best["kp2d_err"].numpy(),
-            "limit_violation": best["limit_violation"].numpy(), "accepted": accept.numpy(),
-            "config_digest": config_digest, "code_version": code_version(), "checkpoint_digest": checkpoint_digest,
-        }
-    )  # fmt: skip
-    store.set_current(to_round, [int(i) if a else c.label_id for i, a, c in zip(ids.tolist(), accept.tolist(), current)])
+    best_index = scores.argmin(0)  # ties go to the label-started candidate
+    rows = torch.arange(len(chunk))
+    return {f: torch.stack([getattr(c, f) for c in candidates])[best_index, rows] for f in ("poses", "betas", "kp2d_err", "limit_violation", "score")}
+
+
+def _tally(totals, chunk, side_index, current, before, rows, new_labels) -> None:
+    """Count one chunk's decisions and put its accepted labels into the round's label set."""
+    score = acceptance_score(torch.from_numpy(rows["kp2d_err"]), torch.from_numpy(rows["limit_violation"]), torch.from_numpy(rows["betas"]))
     for j, key in enumerate(chunk):
-        skipped = not np.isfinite(float(best["score"][j]))
+        chosen = bool(rows["accepted"][j])
+        skipped = not bool(torch.isfinite(score[j]))
         totals["skipped"] += skipped
-        totals["changed" if bool(accept[j]) else "kept"] += not skipped
+        totals["changed" if chosen else "kept"] += not skipped
         totals["before"].append(float(before.kp2d_err[j]))
         totals["vb"].append(float(before.limit_violation[j]))
-        chosen = accept[j]
-        totals["after"].append(float(best["kp2d_err"][j] if chosen else before.kp2d_err[j]))
-        totals["va"].append(float(best["limit_violation"][j] if chosen else before.limit_violation[j]))
+        totals["after"].append(float(rows["kp2d_err"][j] if chosen else before.kp2d_err[j]))
+        totals["va"].append(float(rows["limit_violation"][j] if chosen else before.limit_violation[j]))
         if chosen:
             old = current[j]
             new_labels[key][side_index] = SkelLabel(
-                label_id=int(ids[j]), poses=best["poses"][j].numpy(), betas=best["betas"][j].numpy(), trans=old.trans,
-                pve_mean=old.pve_mean, pve_max=old.pve_max, kp2d_err=float(best["kp2d_err"][j]),
+                label_id=int(rows["label_id"][j]), poses=rows["poses"][j], betas=rows["betas"][j], trans=old.trans,
+                pve_mean=old.pve_mean, pve_max=old.pve_max, kp2d_err=float(rows["kp2d_err"][j]),
             )  # fmt: skip

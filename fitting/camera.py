@@ -4,6 +4,11 @@ A crop of side `bbox_size = max(scale)·200` px around `center` maps pixels to n
 x_n = (x − cx)/bbox_size (the crop spans [−0.5, 0.5]²). The camera looks down +z with focal
 f_n = 5000/256 in those units and the principal point at the crop centre; model points are in
 the camera frame (metres).
+
+Per-sample perspective cameras use the same units: a full-image camera (focal f px, principal
+point c px) seen through a crop (centre b px, side s px) has focal f_n = f/s and principal point
+p_n = (c − b)/s, so x_n = f_n·X/Z + p_n (`crop_intrinsics`). `focal` arguments take a float
+(every sample) or a (B,) tensor; `principal` is None (the crop centre, 0) or (B,2).
 """
 
 from __future__ import annotations
@@ -21,12 +26,33 @@ def normalise_keypoints(kp_px: Tensor, center: Tensor, scale: Tensor) -> Tensor:
     return torch.cat((xy, kp_px[..., 2:3]), dim=-1)
 
 
-def solve_translation(points: Tensor, kp: Tensor, focal: float = FOCAL_NORMALISED) -> Tensor:
-    """Camera translation (B,3) putting model points (B,K,3) onto 2D keypoints (B,K,3) (SPIN's LSQ)."""
+def crop_intrinsics(focal_px: Tensor, principal_px: Tensor, center: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Full-image intrinsics (focal (B,) px, principal point (B,2) px) → crop's (focal (B,), principal (B,2)) in normalised crop units."""
+    size = (scale * 200.0).amax(dim=-1)
+    return focal_px / size, (principal_px - center) / size[:, None]
+
+
+def full_image_intrinsics(width: Tensor, height: Tensor) -> tuple[Tensor, Tensor]:
+    """CLIFF's estimate from the image size (B,) px: focal = √(W² + H²) px (B,), principal point = image centre (B,2) px."""
+    width, height = width.float(), height.float()
+    return torch.hypot(width, height), torch.stack((width / 2, height / 2), dim=-1)
+
+
+def _focal_of(focal: float | Tensor, like: Tensor) -> Tensor:
+    """Focal broadcastable against (B,K) keypoint columns: a float, or (B,) → (B,1)."""
+    if isinstance(focal, Tensor):
+        return focal.to(like.dtype).reshape(-1, 1).expand_as(like)
+    return torch.full_like(like, float(focal))
+
+
+def solve_translation(points: Tensor, kp: Tensor, focal: float | Tensor = FOCAL_NORMALISED, principal: Tensor | None = None) -> Tensor:
+    """Camera translation (B,3) putting model points (B,K,3) onto 2D keypoints (B,K,3) (SPIN's LSQ), focal float or (B,), principal (B,2)."""
     x, y, z = points.unbind(-1)
     u, v, conf = kp.unbind(-1)
+    if principal is not None:  # keypoints relative to the principal point: the equations below then hold as written
+        u, v = u - principal[:, 0:1].to(u.dtype), v - principal[:, 1:2].to(v.dtype)
     w = conf.clamp(min=0).sqrt()
-    zero, f = torch.zeros_like(u), torch.full_like(u, focal)
+    zero, f = torch.zeros_like(u), _focal_of(focal, u)
     # Each keypoint gives f·t_x − u·t_z = u·Z − f·X and f·t_y − v·t_z = v·Z − f·Y.
     rows = torch.cat((torch.stack((f, zero, -u), -1), torch.stack((zero, f, -v), -1)), dim=1)
     rhs = torch.cat((u * z - f * x, v * z - f * y), dim=1)
@@ -36,10 +62,12 @@ def solve_translation(points: Tensor, kp: Tensor, focal: float = FOCAL_NORMALISE
     return torch.linalg.solve(ata, a.transpose(1, 2) @ b)[..., 0]
 
 
-def project(points: Tensor, translation: Tensor, focal: float = FOCAL_NORMALISED) -> Tensor:
-    """Perspective projection of points (B,K,3) moved by translation (B,3) → (B,K,2) normalised."""
+def project(points: Tensor, translation: Tensor, focal: float | Tensor = FOCAL_NORMALISED, principal: Tensor | None = None) -> Tensor:
+    """Perspective projection of points (B,K,3) moved by translation (B,3) → (B,K,2) normalised (focal float or (B,), principal (B,2))."""
     cam = points + translation[:, None]
-    return focal * cam[..., :2] / cam[..., 2:3].clamp(min=1e-6)
+    f = focal.to(cam.dtype)[:, None, None] if isinstance(focal, Tensor) else focal
+    projected = f * cam[..., :2] / cam[..., 2:3].clamp(min=1e-6)
+    return projected if principal is None else projected + principal.to(cam.dtype)[:, None]
 
 
 def keypoint_error(projected: Tensor, kp: Tensor, min_conf: float = 0.1) -> Tensor:

@@ -40,7 +40,7 @@ LABEL_FIELDS = ("poses", "betas", "trans", "pve_max", "pve_mean", "kp2d_err", "l
 
 @dataclass
 class AugmentConfig:
-    """§2.2 distributions (extreme crop not implemented)."""
+    """§2.2 distributions."""
 
     enabled: bool = True
     trans: float = 0.02
@@ -49,6 +49,48 @@ class AugmentConfig:
     rot_prob: float = 0.6
     flip_prob: float = 0.5
     colour: float = 0.2
+    extreme_crop_prob: float = 0.1
+
+
+# Extreme crops (§2.3 step 2), on the BODY_25 rows of the 44 keypoints: (name, kept keypoints, enlargement).
+_HEAD = (0, 15, 16, 17, 18)
+_R_ARM, _L_ARM = (2, 3, 4), (5, 6, 7)
+_R_LEG, _L_LEG = (9, 10, 11, 22, 23, 24), (12, 13, 14, 19, 20, 21)
+_CROPS = {
+    "hips": ((1, 8) + _HEAD + _R_ARM + _L_ARM + (9, 12), 1.1),
+    "shoulders": (_HEAD + (1, 2, 5), 1.2),
+    "head": (_HEAD + (1,), 1.3),
+    "torso": ((1, 2, 5, 8, 9, 12), 1.1),
+    "right_arm": (_R_ARM, 1.1),
+    "left_arm": (_L_ARM, 1.1),
+    "legs": (_R_LEG + _L_LEG, 1.1),
+    "right_leg": (_R_LEG, 1.1),
+    "left_leg": (_L_LEG, 1.1),
+}
+_FULL_BODY = tuple(range(15))  # all main joints visible: any of the crops above
+_UPPER_BODY = tuple(range(8))  # only the upper body visible: upper-body crops
+_FULL_CHOICE = (("hips", 0.2),) + tuple((k, 0.1) for k in _CROPS if k != "hips")
+_UPPER_CHOICE = tuple((k, 0.2) for k in ("shoulders", "head", "torso", "right_arm", "left_arm"))
+
+
+def extreme_crop_box(kp: np.ndarray, u: float, conf_min: float = 0.5) -> tuple[np.ndarray, float] | None:
+    """HMR2.0-style extreme crop of pixel keypoints (K,3) for uniform draw u ∈ [0,1): (centre, size) or None."""
+    vis = kp[:, 2] > conf_min
+    if vis[list(_FULL_BODY)].all():
+        choices = _FULL_CHOICE
+    elif vis[list(_UPPER_BODY)].all():
+        choices = _UPPER_CHOICE
+    else:
+        return None
+    cum = np.cumsum([p for _, p in choices])
+    name = choices[int(np.searchsorted(cum, u * cum[-1], side="right"))][0]
+    kept, enlarge = _CROPS[name]
+    pts = kp[list(kept)][vis[list(kept)], :2]
+    if len(pts) == 0:
+        return None
+    lo, hi = pts.min(0), pts.max(0)
+    size = float((hi - lo).max()) * 1.2 * enlarge
+    return ((lo + hi) / 2, size) if size > 4 else None
 
 
 @dataclass
@@ -88,11 +130,12 @@ def sample_augmentation(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
     rot = rot if rng.random() < cfg.rot_prob else 0.0
     flip = bool(rng.random() < cfg.flip_prob)
     colour = rng.uniform(1 - cfg.colour, 1 + cfg.colour, 3)
-    return {"tx": float(tx), "ty": float(ty), "scale": scale, "rot_deg": rot, "flip": flip, "colour": colour}
+    extreme = float(rng.random()) if rng.random() < cfg.extreme_crop_prob else None
+    return {"tx": float(tx), "ty": float(ty), "scale": scale, "rot_deg": rot, "flip": flip, "colour": colour, "extreme": extreme}
 
 
 def identity_augmentation() -> dict:
-    return {"tx": 0.0, "ty": 0.0, "scale": 1.0, "rot_deg": 0.0, "flip": False, "colour": np.ones(3)}
+    return {"tx": 0.0, "ty": 0.0, "scale": 1.0, "rot_deg": 0.0, "flip": False, "colour": np.ones(3), "extreme": None}
 
 
 # ----------------------------------------------------------------------------- flip
@@ -126,7 +169,11 @@ def _rot2(deg: float) -> np.ndarray:
 def crop_geometry(sample: dict, aug: dict) -> tuple[np.ndarray, float, np.ndarray]:
     """(shifted centre c (2,), square side S px, Rot (2,2)) of the crop."""
     size = float(np.max(np.asarray(sample["scale"], dtype=np.float64) * 200.0))
-    c = np.asarray(sample["center"], dtype=np.float64) + np.array([aug["tx"], aug["ty"]]) * size
+    c = np.asarray(sample["center"], dtype=np.float64)
+    box = None if aug.get("extreme") is None else extreme_crop_box(np.asarray(sample["keypoints_2d"], dtype=np.float64), aug["extreme"])
+    if box is not None:
+        c, size = box
+    c = c + np.array([aug["tx"], aug["ty"]]) * size
     return c, size * aug["scale"], _rot2(aug["rot_deg"])
 
 

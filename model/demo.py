@@ -1,9 +1,11 @@
-"""CPU demo: toy SKEL release → train a small ViT → evaluate on the held-out split against the mean pose.
+"""CPU demo: synthetic release → train a small ViT from scratch → evaluate on held-out images against the mean pose.
 
-    python -m skelpgt.model.demo WORKDIR [--images 400] [--steps 300] [--arch vit-micro] [--release DIR]
+    python -m skelpgt.model.demo WORKDIR [--images 600] [--steps 600] [--arch vit-tiny-conv] [--release DIR | --toy]
 
-With --release, trains/evaluates on that release (e.g. the synthetic demo release of the
-pipeline) instead of writing a toy one. Writes WORKDIR/run (checkpoints) and WORKDIR/eval
+By default renders the synthetic dataset (`skelpgt data make-synthetic`) and converts it to a
+round-0 release exactly as `build-pseudo-gt` does (in one process, no Prefect), then trains with
+the `from-scratch` recipe. `--release DIR` uses an existing release instead; `--toy` a release of
+disc images (`model.testing.make_skel_release`). Writes WORKDIR/run (checkpoints) and WORKDIR/eval
 (eval.md, eval.json, predictions.png) and prints the table.
 """
 
@@ -15,27 +17,43 @@ from pathlib import Path
 
 from .data import DataConfig
 from .evaluate import evaluate
-from .train import TrainConfig, train
+from .train import TrainConfig, recipe, train
 
 
-def run_demo(workdir, *, release=None, models_dir=None, images=400, steps=300, arch="vit-micro", batch_size=8,
-             lr=5e-4, val_fraction=0.1, workers=1, seed=0) -> dict:  # fmt: skip
+def synthetic_release(workdir: str | Path, models_dir: str | Path, images: int, seed: int = 0) -> Path:
+    """Render `images` synthetic images and build their round-0 release `<workdir>/releases/synthetic/round-0` (reused if present)."""
+    from skelpgt.datasets.pseudo_gt import build_round0
+    from skelpgt.datasets.synthetic import make_synthetic_dataset
+    from skelpgt.fitting.convert import Converter
+
+    wd = Path(workdir)
+    out = wd / "releases" / "synthetic" / "round-0"
+    if not (out / "manifest.json").exists():
+        data = make_synthetic_dataset(wd / "source", images, seed=seed, models_dir=models_dir)
+        build_round0(data.shards, wd, "synthetic", Converter.from_models_dir(models_dir))
+    return out
+
+
+def run_demo(workdir, *, release=None, toy=False, models_dir=None, images=600, steps=600, arch="vit-tiny-conv",
+             batch_size=16, recipe_name="from-scratch", val_fraction=0.1, workers=1, seed=0) -> dict:  # fmt: skip
     from skelpgt.fitting.models import ensure_models_dir
 
     wd = Path(workdir)
     mdir = ensure_models_dir(models_dir)
-    if release is None:
+    if release is None and toy:
         from .testing import make_skel_release
 
         release = make_skel_release(wd, mdir, n_images=images, seed=seed, samples_per_shard=100)
+    elif release is None:
+        release = synthetic_release(wd, mdir, images, seed)
     cfg = TrainConfig(
         data=DataConfig(release=str(release), split="train", val_fraction=val_fraction, batch_size=batch_size, seed=seed),
-        out_dir=str(wd / "run"), models_dir=str(mdir), arch=arch, steps=steps, lr=lr, ckpt_every=max(steps // 4, 1),
-        num_workers=workers, seed=seed, resume=True, log_every=20,
+        out_dir=str(wd / "run"), models_dir=str(mdir), arch=arch, steps=steps, ckpt_every=max(steps // 4, 1),
+        num_workers=workers, seed=seed, resume=True, log_every=50, **recipe(recipe_name),
     )  # fmt: skip
     r = train(cfg)
     ev = evaluate(wd / "run" / "last.pt", release, split="val", val_fraction=val_fraction, models_dir=mdir, out_dir=wd / "eval")
-    ev["train_losses_first_last"] = (r["losses"][:5], r["losses"][-5:])
+    ev["images_per_s"] = r["images_per_s"]
     return ev
 
 
@@ -43,15 +61,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workdir")
     ap.add_argument("--release")
-    ap.add_argument("--images", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--arch", default="vit-micro")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--toy", action="store_true")
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--arch", default="vit-tiny-conv")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--recipe", default="from-scratch")
     ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    ev = run_demo(a.workdir, release=a.release, images=a.images, steps=a.steps, arch=a.arch, batch_size=a.batch_size, lr=a.lr, workers=a.workers)
+    ev = run_demo(a.workdir, release=a.release, toy=a.toy, images=a.images, steps=a.steps, arch=a.arch,
+                  batch_size=a.batch_size, recipe_name=a.recipe, workers=a.workers)  # fmt: skip
     print(ev["markdown"])
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import roma
 import torch
+from skelpgt.fitting.keypoints import NUM_KEYPOINTS
 from skelpgt.fitting.skel import (
     DOF_AXES,
     DOF_JOINT,
@@ -54,6 +55,7 @@ class ViTConfig:
     padding: int = 4
     image_size: tuple[int, int] = (256, 192)  # (H, W)
     drop_path: float = 0.0
+    stem: str = "patch"  # "patch": one 16×16 conv (timm/ViTPose); "conv": 3×3 stride-2 conv stack (small data)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class HeadConfig:
 class NetConfig:
     backbone: ViTConfig
     head: HeadConfig = field(default_factory=HeadConfig)
+    token_head: bool = False  # training-only per-token keypoint logits (LossWeights.tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +80,7 @@ class NetConfig:
     def from_dict(cls, d: dict) -> NetConfig:
         bb = dict(d["backbone"])
         bb["image_size"] = tuple(bb["image_size"])
-        return cls(ViTConfig(**bb), HeadConfig(**d["head"]))
+        return cls(ViTConfig(**bb), HeadConfig(**d["head"]), bool(d.get("token_head", False)))
 
 
 VIT_CONFIGS: dict[str, NetConfig] = {
@@ -86,6 +89,7 @@ VIT_CONFIGS: dict[str, NetConfig] = {
     "vit-b": NetConfig(ViTConfig(dim=768, depth=12, heads=12, drop_path=0.3), HeadConfig()),
     # CPU-sized model for tests and the synthetic demo.
     "vit-tiny": NetConfig(ViTConfig(dim=192, depth=4, heads=3), HeadConfig(dim=192, depth=2, heads=3, head_dim=64, mlp_dim=384)),
+    "vit-tiny-conv": NetConfig(ViTConfig(dim=192, depth=4, heads=3, stem="conv"), HeadConfig(dim=192, depth=2, heads=3, head_dim=64, mlp_dim=384)),
     # Even smaller: unit tests.
     "vit-micro": NetConfig(ViTConfig(dim=64, depth=2, heads=2), HeadConfig(dim=64, depth=1, heads=2, head_dim=32, mlp_dim=128)),
 }
@@ -266,13 +270,34 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """(B,3,H,W) → tokens (B,N,dim) on a (H/patch, W/patch) grid: one patch-sized conv, or (stem='conv')
+    log2(patch) 3×3 stride-2 convs with BatchNorm+ReLU and a 1×1 projection, which trains much faster
+    from scratch on small data (Xiao et al., "Early convolutions help transformers see better", 2021)."""
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(3, cfg.dim, cfg.patch, stride=cfg.patch, padding=cfg.padding)
         h, w = cfg.image_size
-        self.grid = ((h + 2 * cfg.padding - cfg.patch) // cfg.patch + 1, (w + 2 * cfg.padding - cfg.patch) // cfg.patch + 1)
+        if cfg.stem == "patch":
+            self.proj = nn.Conv2d(3, cfg.dim, cfg.patch, stride=cfg.patch, padding=cfg.padding)
+            self.grid = ((h + 2 * cfg.padding - cfg.patch) // cfg.patch + 1, (w + 2 * cfg.padding - cfg.patch) // cfg.patch + 1)
+        elif cfg.stem == "conv":
+            n = int(math.log2(cfg.patch))
+            if 2**n != cfg.patch:
+                raise ValueError(f"a conv stem needs a power-of-two patch size, got {cfg.patch}")
+            layers, c_in = [], 3
+            for i in range(n):
+                c_out = max(cfg.dim >> (n - 1 - i), 16)
+                layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                c_in = c_out
+            self.stem = nn.Sequential(*layers)
+            self.proj = nn.Conv2d(c_in, cfg.dim, 1)
+            self.grid = (h // cfg.patch, w // cfg.patch)
+        else:
+            raise ValueError(f"unknown stem {cfg.stem!r}; known: 'patch', 'conv'")
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "stem"):
+            x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -365,9 +390,11 @@ class SKELHead(nn.Module):
         self.register_buffer("mean_betas", torch.zeros(NUM_BETAS))
         self.register_buffer("mean_cam", torch.tensor(MEAN_CAMERA))
 
-    def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, context: Tensor, query_bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         b = context.shape[0]
         x = (self.query + self.query_pos).expand(b, -1, -1)
+        if query_bias is not None:
+            x = x + query_bias[:, None]
         for layer in self.layers:
             x = layer(x, context)
         tok = x[:, 0]
@@ -383,11 +410,50 @@ class Regressor(nn.Module):
         self.config = net_config(arch)
         self.backbone = ViT(self.config.backbone)
         self.head = SKELHead(self.config.head, self.config.backbone.dim, mean_pelvis)
+        self.token_keypoints = self.keypoint_query = None
+        if self.config.token_head:
+            # Per-token logits of "keypoint k lies in this patch" (trained by LossWeights.tokens); their
+            # soft-argmax 2D keypoints also condition the query (zero-initialised: starts as plain HSMR).
+            self.token_keypoints = nn.Linear(self.config.backbone.dim, NUM_KEYPOINTS)
+            self.keypoint_query = nn.Linear(2 * NUM_KEYPOINTS, self.config.head.dim)
+            nn.init.zeros_(self.keypoint_query.weight)
+            nn.init.zeros_(self.keypoint_query.bias)
+            self.register_buffer("token_centres", self._token_centres(), persistent=False)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        pose_raw, betas, cam = self.head(self.backbone(images))
+        tokens = self.backbone(images)
+        out, bias = {}, None
+        if self.token_keypoints is not None:
+            logits = self.token_keypoints(tokens)  # (B,N,44)
+            kp2d = logits.softmax(dim=1).transpose(1, 2) @ self.token_centres  # (B,44,2) crop units
+            bias = self.keypoint_query(kp2d.detach().flatten(1))  # the pose losses must not pull the logits off the keypoints
+            out = {"token_logits": logits, "token_kp2d": kp2d}
+        pose_raw, betas, cam = self.head(tokens, bias)
         q, mats = decode_pose(pose_raw)
-        return {"q": q, "betas": betas, "cam": cam, "pose_raw": pose_raw, "pose_mats": mats}
+        return {"q": q, "betas": betas, "cam": cam, "pose_raw": pose_raw, "pose_mats": mats, **out}
+
+    def _token_centres(self) -> Tensor:
+        """Centres (N,2) of the backbone tokens in normalised crop units (inverse of `token_index`)."""
+        cfg = self.config.backbone
+        rows, cols = self.backbone.patch_embed.grid
+        pad = cfg.padding if cfg.stem == "patch" else 0
+        h, w = cfg.image_size
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        u = (c.flatten() + 0.5) * cfg.patch - pad + (h - w) / 2
+        v = (r.flatten() + 0.5) * cfg.patch - pad
+        return torch.stack((u / h - 0.5, v / h - 0.5), dim=-1).float()
+
+    def token_index(self, kp2d: Tensor) -> Tensor:
+        """Keypoints (B,K,≥2) in normalised crop units → index (B,K) of the backbone token holding each, −1 outside."""
+        cfg = self.config.backbone
+        rows, cols = self.backbone.patch_embed.grid
+        pad = cfg.padding if cfg.stem == "patch" else 0
+        h, w = cfg.image_size
+        u = (kp2d[..., 0] + 0.5) * h - (h - w) / 2 + pad  # patch pixels of the W-wide input (+ conv padding)
+        v = (kp2d[..., 1] + 0.5) * h + pad
+        c, r = torch.floor(u / cfg.patch).long(), torch.floor(v / cfg.patch).long()
+        inside = (c >= 0) & (c < cols) & (r >= 0) & (r < rows)
+        return torch.where(inside, r * cols + c, torch.full_like(c, -1))
 
 
 def cam_translation(cam: Tensor, focal: float) -> Tensor:

@@ -182,11 +182,13 @@ def refine_cmd(
     workdir: Path = typer.Argument(..., help="Workdir holding labels.h5 and releases/."),
     release: str = typer.Option("synthetic", help="Release name."),
     from_round: int = typer.Option(None, help="Round to refine (default: the latest)."),
+    checkpoint: Path = typer.Option(None, help="Regressor checkpoint (.pt): also start SKELify from its predictions."),
     iterations: int = typer.Option(10, help="SKELify Levenberg–Marquardt steps."),
+    batch_size: int = typer.Option(64, help="Person sides per SKELify batch."),
     models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
 ) -> None:
-    """One SKELify refinement round: round N → N+1 (labels, history and release)."""
-    from skelpgt.datasets.refine import refine_round
+    """One SKELify refinement round: round N → N+1 (labels, history and release); rerun to resume."""
+    from skelpgt.datasets.refine import predict_round, refine_round
     from skelpgt.datasets.release import list_rounds
     from skelpgt.fitting.keypoints import KeypointRegressor
     from skelpgt.fitting.models import ensure_models_dir
@@ -198,10 +200,14 @@ def refine_cmd(
     if not rounds:
         raise typer.BadParameter(f"no rounds of release {release!r} under {workdir}")
     start = rounds[-1] if from_round is None else from_round
+    if checkpoint is not None and not checkpoint.is_file():
+        raise typer.BadParameter(f"{checkpoint}: no such checkpoint file")
+    predictions, digest = predict_round(checkpoint, workdir, release, start, models) if checkpoint else (None, "")
     skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations))
-    report = refine_round(workdir, release, start, skelify)
+    report = refine_round(workdir, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size)
     typer.echo(f"round {report.round}: {report.changed} changed, {report.kept} kept, {report.skipped} skipped; "
-               f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}")  # fmt: skip
+               f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}"
+               + (f"; checkpoint sha256 {digest[:16]}" if digest else ""))  # fmt: skip
 
 
 @app.command("predict")
@@ -223,11 +229,12 @@ def predict_cmd(
 def rounds_cmd(
     workdir: Path = typer.Argument(..., help="Workdir holding labels.h5 and releases/."),
     release: str = typer.Option("synthetic", help="Release name."),
+    models_dir: Path = typer.Option(None, help="Models directory, for MPJPE vs truth (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
 ) -> None:
-    """Per round: counts, labels changed/rejected, mean kp2d_err and limit violation."""
+    """Per round: counts, labels changed/kept/rejected, mean kp2d_err, limit violation, MPJPE vs truth (synthetic data)."""
     from skelpgt.datasets.rounds import rounds_table
 
-    typer.echo(rounds_table(workdir, release))
+    typer.echo(rounds_table(workdir, release, models_dir))
 
 
 @app.command("diff")

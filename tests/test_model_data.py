@@ -127,3 +127,37 @@ def test_multi_release_mixing(release, models_dir, tmp_path):
     assert [s["__key__"] for _, _, s in got] == [next(again)[2]["__key__"] for _ in range(40)]
     only_first = person_stream(DataConfig(split=None, mix=((str(release), 1.0), (str(other), 0.0))))
     assert all(next(only_first)[2]["source_release"] == str(release) for _ in range(15))
+
+
+def test_extreme_crop_boxes_the_kept_keypoints(persons):
+    """Each extreme crop (§2.3) is the enlarged box of its kept keypoints; partial visibility limits the choice."""
+    from skelpgt.model.data import _CROPS, _FULL_CHOICE, extreme_crop_box
+
+    _, ps = persons
+    kp = np.asarray(ps[0]["keypoints_2d"], dtype=np.float64)
+    cum = np.cumsum([p for _, p in _FULL_CHOICE])
+    for (name, _), lo in zip(_FULL_CHOICE, np.concatenate(([0.0], cum[:-1]))):
+        centre, size = extreme_crop_box(kp, (lo + 0.01) / cum[-1])
+        kept, enlarge = _CROPS[name]
+        pts = kp[list(kept), :2]
+        np.testing.assert_allclose(centre, (pts.min(0) + pts.max(0)) / 2)
+        assert size == pytest.approx((pts.max(0) - pts.min(0)).max() * 1.2 * enlarge)
+    legless = kp.copy()
+    legless[9:15, 2] = 0.0  # only the upper body is visible: never a leg crop
+    for u in np.linspace(0, 0.99, 25):
+        centre, _ = extreme_crop_box(legless, u)
+        assert centre[1] <= kp[[9, 12], 1].max() + 1e-9
+    hidden = kp.copy()
+    hidden[3, 2] = 0.0  # neither the full nor the upper body is visible: the box stays
+    assert extreme_crop_box(hidden, 0.5) is None
+
+
+def test_extreme_crop_keeps_keypoints_consistent(persons):
+    cfg, ps = persons
+    a = identity_augmentation()
+    a["extreme"] = 0.05  # "hips" on a fully visible person
+    out = prepare_sample(ps[0], a, cfg)
+    base = prepare_sample(ps[0], identity_augmentation(), cfg)
+    assert not torch.allclose(out["kp2d"], base["kp2d"])
+    torch.testing.assert_close(out["kp2d"][:, 2], base["kp2d"][:, 2])  # keypoints are moved, never masked
+    torch.testing.assert_close(out["q"], base["q"])

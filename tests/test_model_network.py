@@ -1,7 +1,7 @@
 """Network: pose parameterisation round trips, DOF conventions, mean pose, backbone loading."""
-
 import math
 
+import pytest
 import torch
 from skelpgt.fitting.convert import dofs_from_rotations
 from skelpgt.fitting.keypoints import KeypointRegressor
@@ -63,3 +63,26 @@ def test_configs_and_timm_backbone_loading():
     assert torch.equal(net.backbone.pos_embed[0, 0], sd["backbone.pos_embed"][0, 0])
     with torch.no_grad():
         assert math.isfinite(float(net(torch.zeros(1, 3, 256, 192))["q"].sum()))
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_token_index_finds_the_patch_of_a_keypoint(stem):
+    """A keypoint's token (LossWeights.tokens) is the patch whose receptive field holds it; outside → −1."""
+    import dataclasses
+
+    from skelpgt.model.network import NetConfig, Regressor, ViTConfig
+
+    cfg = NetConfig(ViTConfig(dim=32, depth=1, heads=2, stem=stem), token_head=True)
+    model = Regressor(cfg)
+    rows, cols = model.backbone.patch_embed.grid
+    pad = 4 if stem == "patch" else 0
+    # centre of input pixel (u, v) → normalised crop units of the 256-wide square patch
+    u, v = torch.tensor([0.5, 100.0, 185.0, -10.0]), torch.tensor([0.5, 130.0, 250.0, 50.0])
+    kp = torch.stack(((u + 32) / 256 - 0.5, v / 256 - 0.5), dim=-1)[None]
+    idx = model.token_index(kp)[0]
+    expect = [((vv + pad) // 16) * cols + (uu + pad) // 16 for uu, vv in zip(u.tolist(), v.tolist())]
+    assert idx[:3].tolist() == [int(e) for e in expect[:3]]
+    assert idx[3] == -1
+    out = model(torch.zeros(1, 3, 256, 192))
+    assert out["token_logits"].shape == (1, rows * cols, 44)
+    assert "token_logits" not in Regressor(dataclasses.replace(cfg, token_head=False))(torch.zeros(1, 3, 256, 192))

@@ -11,7 +11,13 @@ from skelpgt.model.data import DataConfig, ReleaseBatches
 from skelpgt.model.losses import BodyModel, LossWeights, compute_losses
 from skelpgt.model.network import Regressor, mean_pelvis_rotation
 from skelpgt.model.testing import make_skel_release
-from skelpgt.model.train import TrainConfig, load_checkpoint, train
+from skelpgt.model.train import (
+    TrainConfig,
+    learning_rate,
+    load_checkpoint,
+    recipe,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +50,19 @@ def test_one_step_lowers_loss_on_fixed_batch(release, models_dir):
     assert after < before
 
 
-def test_resume_reproduces_next_five_losses(release, models_dir, tmp_path):
-    full = train(_config(release, models_dir, tmp_path / "a", steps=8, ckpt_every=3))
+@pytest.mark.parametrize("recipe_name", [None, "from-scratch"])
+def test_resume_reproduces_next_five_losses(release, models_dir, tmp_path, recipe_name):
+    kw = recipe(recipe_name, lr=1e-4, warmup_steps=2) if recipe_name else {}
+    full = train(_config(release, models_dir, tmp_path / "a", steps=8, ckpt_every=3, **kw))
     assert len(full["losses"]) == 8
+    if recipe_name:  # the schedule and the token-keypoint term are part of what resumes
+        assert {"tokens"} <= set(full["terms"][0])
     ck = load_checkpoint(tmp_path / "a" / "step-000003.pt")
     assert ck["step"] == 3 and ck["data_batches"] == 3 and {"model", "optim", "rng", "config"} <= set(ck)
-    resumed = train(_config(release, models_dir, tmp_path / "b", steps=8, resume_from=str(tmp_path / "a" / "step-000003.pt")))
+    resumed = train(_config(release, models_dir, tmp_path / "b", steps=8, resume_from=str(tmp_path / "a" / "step-000003.pt"), **kw))
     assert resumed["losses"] == full["losses"][3:8]  # exactly, bit for bit
     # resume=True picks up last.pt of the same folder and has nothing left to do at the end
-    again = train(_config(release, models_dir, tmp_path / "a", steps=8, resume=True))
+    again = train(_config(release, models_dir, tmp_path / "a", steps=8, resume=True, **kw))
     assert again["losses"] == []
 
 
@@ -69,3 +79,13 @@ def test_ddp_two_gloo_processes_one_step(release, models_dir, tmp_path):
     m = json.loads((out / "train_metrics.json").read_text())
     assert m["world"] == 2 and m["step"] == 1 and len(m["losses"]) == 1
     assert (out / "last.pt").exists()
+
+
+def test_learning_rate_schedule(tmp_path):
+    cfg = TrainConfig(data=DataConfig(), out_dir=str(tmp_path), steps=100, **recipe("from-scratch", lr=1.0, warmup_steps=10))
+    lrs = [learning_rate(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3  # cosine decay to ~0
+    assert learning_rate(TrainConfig(data=DataConfig(), out_dir=str(tmp_path), **recipe("hsmr")), 500) == 1e-5
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("nope")
