@@ -185,6 +185,7 @@ def refine_cmd(
     checkpoint: Path = typer.Option(None, help="Regressor checkpoint (.pt): also start SKELify from its predictions."),
     iterations: int = typer.Option(10, help="SKELify Levenberg–Marquardt steps."),
     batch_size: int = typer.Option(64, help="Person sides per SKELify batch."),
+    camera: str = typer.Option("full-image", help="Camera of the fits: full-image (dataset intrinsics, else estimated), source, or crop (HSMR's)."),
     models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
 ) -> None:
     """One SKELify refinement round: round N → N+1 (labels, history and release); rerun to resume."""
@@ -204,7 +205,7 @@ def refine_cmd(
         raise typer.BadParameter(f"{checkpoint}: no such checkpoint file")
     predictions, digest = predict_round(checkpoint, workdir, release, start, models) if checkpoint else (None, "")
     skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations))
-    report = refine_round(workdir, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size)
+    report = refine_round(workdir, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size, camera=camera)
     typer.echo(f"round {report.round}: {report.changed} changed, {report.kept} kept, {report.skipped} skipped; "
                f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}"
                + (f"; checkpoint sha256 {digest[:16]}" if digest else ""))  # fmt: skip

@@ -27,11 +27,13 @@ def refine_labels(
     models_dir: str | None = None,
     iterations: int = 10,
     batch_size: int = 64,
+    camera: str = "full-image",
 ) -> dict:
     """SKELify every label of round `from_round` (default: the latest) and release round N+1; with a
     `checkpoint`, also from the regressor's predictions (their checkpoint's sha256 goes on every new row).
     'latest' = train-regressor's `<workdir>/checkpoints/<release>/round-<N>/last.pt` when it exists
-    (so train → refine → train runs as a schedule); None = from the labels only."""
+    (so train → refine → train runs as a schedule); None = from the labels only. `camera`: 'full-image'
+    (the dataset's intrinsics, else CLIFF's estimate from the image size), 'source' or 'crop' (HSMR's)."""
     workdir_path = Path(workdir).resolve()
     rounds = list_rounds(workdir_path / "releases" / release)
     if not rounds:
@@ -43,7 +45,7 @@ def refine_labels(
     models = ensure_models_dir(models_dir)
     predictions, digest = predict_round(checkpoint, workdir_path, release, start, models) if checkpoint else (None, "")
     skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations))
-    report = refine_round(workdir_path, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size)
+    report = refine_round(workdir_path, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size, camera=camera)
     truth = find_truth(read_manifest(round_dir(workdir_path, release, start))["config"].get("sources", []))
     # Where the truth is known (synthetic sources): camera-frame and Procrustes-aligned MPJPE, mm.
     mpjpe, pa = (

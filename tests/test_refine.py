@@ -242,7 +242,7 @@ def test_the_round_records_its_camera_and_reads_intrinsics_from_the_dataset(proj
         refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
     config = read_manifest(workdir / "releases" / "syn" / "round-1")["config"]["refine"]["camera"]
     meta = json.loads((project["truth_path"].parent / "dataset.json").read_text())["camera"]
-    assert config["mode"] == "source"
+    assert config["mode"] == "full-image"  # the default; the dataset.json camera wins over the estimate
     assert config["sources"] and all(s["camera"] == "dataset.json" and s["focal_px"] == meta["focal_px"] for s in config["sources"])
     sources = read_manifest(project["pristine"] / "releases" / "syn" / "round-0")["config"]["sources"]
     people = {r.key: r for r in read_source(sources)}
