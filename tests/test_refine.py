@@ -10,12 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from skelpgt.datasets import LabelStore, read_manifest, verify_release
-from skelpgt.datasets import pseudo_gt
+from skelpgt.datasets import LabelStore, pseudo_gt, read_manifest, verify_release
 from skelpgt.datasets.refine import KILL_ENV, refine_round
 from skelpgt.datasets.rounds import find_truth, label_error_vs_truth
-from skelpgt.datasets.release import finalize_release, staging_dir
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.skelify import Skelify
@@ -30,11 +27,7 @@ def project(tmp_path_factory, models_dir, skel_model):
     data = make_synthetic_dataset(root / "source", 5, seed=3, models_dir=models_dir, image_size=128)
     converter = Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=16))
     workdir = root / "work"
-    conversions = [pseudo_gt.convert_source_shard(s, converter, pseudo_gt.conversion_path(workdir, "syn", s)) for s in data.shards]
-    ids = pseudo_gt.record_round0(workdir / "labels.h5", conversions)
-    stage = staging_dir(workdir, "syn", 0)
-    infos = [pseudo_gt.write_release_shard(c, ids, stage, index=i, release="syn") for i, c in enumerate(conversions)]
-    finalize_release(workdir, "syn", 0, shard_infos=infos, config={"sources": [str(s) for s in data.shards]}, n_in=sum(c.n_in for c in conversions))
+    pseudo_gt.build_round0(data.shards, workdir, "syn", converter)
     # Corrupt every third label (both sides): a manual round-0 version becomes current.
     with LabelStore(workdir / "labels.h5", "a") as store:
         current = store.labels_of_round(0)
@@ -130,9 +123,8 @@ def test_rerunning_a_round_changes_nothing(project, models_dir, skel_model):
 
 
 def test_rounds_and_diff_commands(project, models_dir, skel_model):
-    from typer.testing import CliRunner
-
     from skelpgt.pipelines.cli import app
+    from typer.testing import CliRunner
 
     workdir = project["workdir"]
     if not (workdir / "releases" / "syn" / "round-1").exists():
@@ -198,7 +190,7 @@ refine_round(sys.argv[1], "syn", 0, Skelify(SKEL.from_file(models), KeypointRegr
 def test_a_round_killed_midway_resumes_to_the_same_result(project, models_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     env["OMP_NUM_THREADS"] = "1"
-    run = lambda workdir, extra={}: subprocess.run(  # noqa: E731
+    run = lambda workdir, extra={}: subprocess.run(
         [sys.executable, "-c", _ROUND_SCRIPT, str(workdir), str(models_dir)], env={**env, **extra}, capture_output=True, text=True, timeout=600
     )
     for name in ("clean", "resumed"):
