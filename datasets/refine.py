@@ -41,10 +41,10 @@ source), not recomputed; see schema.md §4 for why.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,7 +260,7 @@ def intrinsics_px(people: dict, mode: str) -> dict[str, tuple[float, float, floa
         if known is not None:
             out[key] = (known[0], *known[1])
         elif mode == "full-image":
-            size = image_size(rec.image, rec.image_ext)
+            size = image_size(rec.image)
             if size is not None:
                 focal, principal = full_image_intrinsics(torch.tensor([size[0]]), torch.tensor([size[1]]))
                 out[key] = (float(focal[0]), float(principal[0, 0]), float(principal[0, 1]))
@@ -278,29 +278,15 @@ def crop_camera(chunk: list[str], side: str, people: dict, intrinsics: dict) -> 
     return focal.float(), principal.float()
 
 
-def image_size(data: bytes, ext: str) -> tuple[int, int] | None:
-    """(width, height) px of an encoded JPEG/PNG from its header (no decoding), or None if unreadable."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:2] != b"\xff\xd8":
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) px of an encoded image, read from its header (PIL opens lazily), or None if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, ValueError):
         return None
-    i = 2
-    while i + 9 < len(data):  # walk the JPEG segments to the first start-of-frame
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # segments without a length
-            i += 2
-            continue
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: precision, height, width
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return (width, height) if width and height else None
-        i += 2 + length
-    return None
 
 
 def _best_candidate(skelify, kp, cam, poses, betas, chunk, side, predictions) -> dict[str, torch.Tensor]:

@@ -252,7 +252,7 @@ def test_the_round_records_its_camera_and_reads_intrinsics_from_the_dataset(proj
     people = {r.key: r for r in read_source([str(bare)])}
     assert intrinsics_px(people, "source") == {} and intrinsics_px(people, "crop") == {}
     rec = next(iter(people.values()))
-    assert image_size(rec.image, rec.image_ext) == (128, 128)
+    assert image_size(rec.image) == (128, 128) and image_size(b"not an image") is None
     estimated = intrinsics_px(people, "full-image")[rec.key]
     np.testing.assert_allclose(estimated, (128 * 2**0.5, 64.0, 64.0), rtol=1e-6)
     # crop camera everywhere: recorded, and a different config digest (so its rows are its own).
