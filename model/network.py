@@ -432,26 +432,30 @@ class Regressor(nn.Module):
         q, mats = decode_pose(pose_raw)
         return {"q": q, "betas": betas, "cam": cam, "pose_raw": pose_raw, "pose_mats": mats, **out}
 
-    def _token_centres(self) -> Tensor:
-        """Centres (N,2) of the backbone tokens in normalised crop units (inverse of `token_index`)."""
+    def _token_grid(self) -> tuple[float, Tensor]:
+        """(tokens per crop unit, offset (2,)): token-grid coordinate (column, row) = crop units · scale + offset.
+
+        The crop is 256 wide with the W-wide input at its centre, and a patch stem's conv padding
+        shifts its patches by `padding` input pixels."""
         cfg = self.config.backbone
-        rows, cols = self.backbone.patch_embed.grid
         pad = cfg.padding if cfg.stem == "patch" else 0
         h, w = cfg.image_size
+        return h / cfg.patch, torch.tensor([(w / 2 + pad) / cfg.patch, (h / 2 + pad) / cfg.patch])
+
+    def _token_centres(self) -> Tensor:
+        """Centres (N,2) of the backbone tokens in normalised crop units (inverse of `token_index`)."""
+        rows, cols = self.backbone.patch_embed.grid
+        scale, offset = self._token_grid()
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-        u = (c.flatten() + 0.5) * cfg.patch - pad + (h - w) / 2
-        v = (r.flatten() + 0.5) * cfg.patch - pad
-        return torch.stack((u / h - 0.5, v / h - 0.5), dim=-1).float()
+        grid = torch.stack((c.flatten(), r.flatten()), dim=-1) + 0.5
+        return ((grid - offset) / scale).float()
 
     def token_index(self, kp2d: Tensor) -> Tensor:
         """Keypoints (B,K,≥2) in normalised crop units → index (B,K) of the backbone token holding each, −1 outside."""
-        cfg = self.config.backbone
         rows, cols = self.backbone.patch_embed.grid
-        pad = cfg.padding if cfg.stem == "patch" else 0
-        h, w = cfg.image_size
-        u = (kp2d[..., 0] + 0.5) * h - (h - w) / 2 + pad  # patch pixels of the W-wide input (+ conv padding)
-        v = (kp2d[..., 1] + 0.5) * h + pad
-        c, r = torch.floor(u / cfg.patch).long(), torch.floor(v / cfg.patch).long()
+        scale, offset = self._token_grid()
+        cr = torch.floor(kp2d[..., :2] * scale + offset.to(kp2d)).long()
+        c, r = cr[..., 0], cr[..., 1]
         inside = (c >= 0) & (c < cols) & (r >= 0) & (r < rows)
         return torch.where(inside, r * cols + c, torch.full_like(c, -1))
 
