@@ -74,8 +74,16 @@ class ShardConversion:
 
 
 def conversion_path(workdir: str | os.PathLike, release: str, source: str | os.PathLike) -> Path:
-    """Where the labels of one source shard are kept between flow steps."""
-    return Path(workdir) / "work" / release / "round-0" / (Path(source).stem + ".labels.npz")
+    """Where the labels of one source shard are kept between flow steps: one file per source path.
+
+    Same-named shards of different folders (`A/s-000000.tar`, `B/s-000000.tar`) must not share
+    it, so the name carries a digest of the absolute path besides the stem.
+    """
+    from .release import check_release_name
+
+    check_release_name(release)
+    path_tag = hashlib.sha256(os.fsencode(os.path.abspath(source))).hexdigest()[:12]
+    return Path(workdir) / "work" / release / "round-0" / f"{Path(source).stem}-{path_tag}.labels.npz"
 
 
 def convert_source_shard(source: str | os.PathLike, converter: Converter, out: str | os.PathLike) -> ShardConversion:
@@ -170,14 +178,15 @@ def record_round0(store_path: str | os.PathLike, conversions: list[ShardConversi
 
 def write_release_shard(
     conv: ShardConversion, label_ids: dict[str, dict[str, int]], stage_dir: str | os.PathLike, *, index: int, release: str
-) -> ShardInfo:
-    """Output shard `index` in `stage_dir`: the source shard's images with round-0 SKEL labels."""
+) -> ShardInfo | None:
+    """Output shard `index` in `stage_dir`: the source shard's images with round-0 SKEL labels; None if none is left."""
     labels = {key: tuple(_label(conv, side, i, label_ids[key][side]) for side in SIDES) for i, key in enumerate(conv.keys)}
     skip = {e.key for e in conv.quarantine}
     with ShardWriter(stage_dir, prefix=release, samples_per_shard=1 << 30, start_index=index) as writer:
         for sample in release_samples([conv.source], labels, round=0, release=release, skip=skip):
             writer.write(sample)
-    return writer.infos[0]
+    # an empty, unreadable or all-rejected source leaves no shard: its persons are all in the quarantine
+    return writer.infos[0] if writer.infos else None
 
 
 def _label(conv: ShardConversion, side: str, i: int, label_id: int) -> SkelLabel:
@@ -270,7 +279,7 @@ def build_round0(sources: list[str | os.PathLike], workdir: str | os.PathLike, r
     stage = staging_dir(workdir, release, 0)
     infos = [write_release_shard(c, ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
     return finalize_release(
-        workdir, release, 0, shard_infos=infos, quarantine=[e for c in conversions for e in c.quarantine],
+        workdir, release, 0, shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
         config={"convert": {**asdict(converter.config), "digest": converter.config.digest()}, "sources": sources},
         code_version=code_version(), n_in=sum(c.n_in for c in conversions),
     )  # fmt: skip

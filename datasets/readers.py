@@ -81,7 +81,12 @@ def read_hmr2_tar(
     """HMR2.0-style tar (`<key>.jpg|png` + `<key>.data.pyd`) -> validated PersonRecords, in tar order."""
     sink = _Sink(quarantine, counts)
     src = os.fspath(path)
+    if os.path.isfile(src) and os.path.getsize(src) == 0:
+        sink.bad(QuarantineEntry("*", src, "tar", "empty: zero-byte file"))
+        return
+    n_items = 0
     for item in iter_tar(src):
+        n_items += 1
         if isinstance(item, TarDamage):
             sink.bad(QuarantineEntry(key=item.key or "*", file=src, field=item.member or "tar", reason=item.reason))
             continue
@@ -116,6 +121,8 @@ def read_hmr2_tar(
             continue
         for i, d in enumerate(persons):
             yield from sink.route(person_from_dict(d, image_key=key, person_index=i, source_file=src, image=image, image_ext=ext))
+    if n_items == 0:  # a well-formed but empty archive: one unit, so the shard is accounted for
+        sink.bad(QuarantineEntry("*", src, "tar", "empty: the archive holds no samples"))
 
 
 def _npz_column(z, names: Iterable[str]):

@@ -208,7 +208,11 @@ def person_from_dict(
 
 
 def check_image_bytes(data: bytes, ext: str) -> str | None:
-    """Encoded image bytes + extension -> None if the magic number fits, else a quarantine reason."""
+    """Encoded image bytes + extension -> None if the whole image decodes, else a quarantine reason.
+
+    A full decode, not a magic-number check: a truncated JPEG has a valid header and would only
+    fail later, inside a training data loader.
+    """
     if not data:
         return "missing: empty image member"
     if ext in ("jpg", "jpeg"):
@@ -219,4 +223,13 @@ def check_image_bytes(data: bytes, ext: str) -> str | None:
             return "unreadable: not a PNG (bad signature)"
     else:
         return f"type: unsupported image extension {ext!r}"
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for damaged data
+        return f"unreadable: image does not decode ({type(exc).__name__}: {exc})"
     return None

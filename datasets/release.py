@@ -20,7 +20,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes, fsync_dir
 from .quarantine import Quarantine, QuarantineEntry, read_quarantine
-from .shards import OutSample, ShardInfo, ShardWriter, sha256_file, shard_label_digest
+from .shards import OutSample, ShardInfo, ShardWriter, person_index_of, sha256_file, shard_label_digest
 
 RELEASE_FORMAT = "skelpgt-release/1"
 MANIFEST = "manifest.json"
@@ -39,11 +39,19 @@ def config_digest(config: Mapping | None) -> str:
     return hashlib.sha256(canonical_json(dict(config or {}))).hexdigest()
 
 
+_RELEASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def check_release_name(name: str) -> str:
+    """Release name -> itself, or ValueError: one folder name (letters, digits, '_', '-', '.'), never a path."""
+    if not isinstance(name, str) or not _RELEASE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"invalid release name {name!r}: use letters, digits, '_', '-' or '.' (no '/', no '..', not starting with '.')")
+    return name
+
+
 def round_dir(workdir: str | os.PathLike, name: str, round: int) -> Path:
     """Workdir, release name, round -> `<workdir>/releases/<name>/round-<k>`."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"invalid release name {name!r}")
-    return Path(workdir) / "releases" / name / f"round-{int(round)}"
+    return Path(workdir) / "releases" / check_release_name(name) / f"round-{int(round)}"
 
 
 def list_rounds(release_dir: str | os.PathLike) -> list[int]:
@@ -245,7 +253,7 @@ def _person_ok(p: dict, min_quality: float | None) -> bool:
 def _image_sample(min_quality: float | None):
     def f(sample: dict) -> dict:
         img_ext = next(e for e in ("jpg", "jpeg", "png") if e in sample)
-        persons = [dict(p, person_index=i) for i, p in enumerate(sample["data.pyd"]) if _person_ok(p, min_quality)]
+        persons = [dict(p, person_index=person_index_of(p, i)) for i, p in enumerate(sample["data.pyd"]) if _person_ok(p, min_quality)]
         first = sample["data.pyd"][0] if sample["data.pyd"] else {}
         return {
             "__key__": sample["__key__"],

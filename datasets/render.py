@@ -455,8 +455,11 @@ def find_sample(key: str, *, release=None, round: int | None = None, source=None
                 raise KeyError(f"{key}: sample in {f} has no image")
             if item.key == key:
                 return item.key, item.members[ext], persons, list(range(len(persons)))
-            if 0 <= person_index < len(persons):
-                return item.key, item.members[ext], persons, [person_index]
+            from .shards import person_index_of
+
+            at = [j for j, p in enumerate(persons) if isinstance(p, dict) and person_index_of(p, j) == person_index]
+            if at:
+                return item.key, item.members[ext], persons, at
     raise KeyError(f"{key}: no such image or person in {source if source is not None else release}")
 
 

@@ -39,7 +39,7 @@ PERSON_FIELDS = (
     "orig_poses", "orig_betas", "orig_trans", "flip_poses", "flip_betas", "flip_trans",
     "orig_pve_max", "orig_pve_mean", "flip_pve_max", "flip_pve_mean",
     "orig_kp2d_err", "flip_kp2d_err",
-    "orig_label_id", "flip_label_id", "round", "release",
+    "orig_label_id", "flip_label_id", "round", "release", "person_index",
 )  # fmt: skip
 LABEL_ARRAY_SHAPES = {"poses": (SKEL_POSE_DIM,), "betas": (N_BETAS,), "trans": (3,)}
 
@@ -83,6 +83,9 @@ def make_person(rec: PersonRecord, orig: SkelLabel | None, flip: SkelLabel | Non
         "extra_info": rec.extra_info,
         "round": int(round),
         "release": str(release),
+        # the source index, kept when an earlier person of the image was quarantined: the
+        # per-person key (and so the label ids) must not follow the list position
+        "person_index": int(rec.person_index),
     }
     d.update(o)
     d.update(f)
@@ -122,12 +125,17 @@ def _label_digest_update(h, key: str, persons: list[dict]) -> int:
     labelled = 0
     parts = []
     for i, p in enumerate(persons):
-        parts.append(f"{key}_{i}\x00{p['orig_label_id']}\x00{p['flip_label_id']}\x00{p['round']}\x00".encode())
+        parts.append(f"{key}_{person_index_of(p, i)}\x00{p['orig_label_id']}\x00{p['flip_label_id']}\x00{p['round']}\x00".encode())
         parts.extend(np.asarray(p[name]).astype("<f4", copy=False).tobytes() for name in _DIGEST_ARRAYS)
         parts.append(_SIX_DOUBLES.pack(*(float(p[name]) for name in _DIGEST_SCALARS)))
         labelled += int(p["orig_label_id"] >= 0 or p["flip_label_id"] >= 0)
     h.update(b"".join(parts))
     return labelled
+
+
+def person_index_of(person: dict, position: int) -> int:
+    """Person dict + its list position -> its source person index (older shards: the position)."""
+    return int(person.get("person_index", position))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .quarantine import Quarantine, read_quarantine
 from .release import MANIFEST, QUARANTINE, RELEASE_FORMAT, _combined_label_digest, resolve_round
-from .shards import ShardInfo, _label_digest_update, iter_shard, sha256_file
+from .shards import ShardInfo, _label_digest_update, iter_shard, person_index_of, sha256_file
 
 
 @dataclass
@@ -121,7 +121,7 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
                         lid = int(person[f"{side}_label_id"])
                         if lid >= 0:
                             ids_all.append(lid)
-                            keys_all.append(f"{sample.key}_{i}")
+                            keys_all.append(f"{sample.key}_{person_index_of(person, i)}")
                             sides_all.append(side)
                             for name in arrays_all:
                                 arrays_all[name].append(person[f"{side}_{name}"])
