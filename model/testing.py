@@ -30,6 +30,28 @@ def _disc_image(rng, h, w, kp_px):
     return buf.getvalue()
 
 
+def random_skel_people(models_dir, rng: np.random.Generator, n: int, pose_std: float = 0.25):
+    """n random upright SKEL bodies facing the camera → q (n,46), betas (n,10), 44 keypoints (n,44,3) m, translation 0."""
+    from skelpgt.fitting.keypoints import KeypointRegressor
+    from skelpgt.fitting.skel import SKEL
+
+    from .network import decode_pose, encode_pose, mean_pelvis_rotation
+
+    skel = SKEL.from_file(models_dir)
+    reg = KeypointRegressor.from_models_dir(models_dir)
+    mean_raw = encode_pose(torch.zeros(1, 46))
+    rp0 = mean_pelvis_rotation(skel)
+    mean_raw[0, 0] = torch.cat((rp0[:, 0], rp0[:, 1]))
+    q_mean = decode_pose(mean_raw)[0][0].double().numpy()
+    q = q_mean + rng.normal(0, pose_std, (n, 46))
+    q[:, :3] = q_mean[:3] + rng.normal(0, 0.15, (n, 3))
+    betas = rng.normal(0, 0.7, (n, 10))
+    with torch.no_grad():
+        out = skel(torch.as_tensor(q, dtype=torch.float32), torch.as_tensor(betas, dtype=torch.float32))
+        kp3 = reg(out.skin_verts).double().numpy()
+    return q, betas, kp3
+
+
 def make_skel_release(
     workdir: str | Path,
     models_dir: str | Path,
@@ -45,27 +67,11 @@ def make_skel_release(
     """Write release `<workdir>/releases/<name>/round-0` of `n_images` one-person images; returns the release dir."""
     from skelpgt.datasets import OutSample, make_person, write_release
     from skelpgt.datasets.records import PersonRecord, SkelLabel
-    from skelpgt.fitting.keypoints import KeypointRegressor
     from skelpgt.fitting.mirror import mirror_pose, mirror_translation
-    from skelpgt.fitting.skel import SKEL
-
-    from .network import decode_pose, encode_pose, mean_pelvis_rotation
 
     rng = np.random.default_rng(seed)
-    skel = SKEL.from_file(models_dir)
-    reg = KeypointRegressor.from_models_dir(models_dir)
     h, w = image_hw
-    mean_raw = encode_pose(torch.zeros(1, 46))
-    rp0 = mean_pelvis_rotation(skel)
-    mean_raw[0, 0] = torch.cat((rp0[:, 0], rp0[:, 1]))
-    q_mean = decode_pose(mean_raw)[0][0].double().numpy()
-
-    q = q_mean + rng.normal(0, pose_std, (n_images, 46))
-    q[:, :3] = q_mean[:3] + rng.normal(0, 0.15, (n_images, 3))
-    betas = rng.normal(0, 0.7, (n_images, 10))
-    with torch.no_grad():
-        out = skel(torch.as_tensor(q, dtype=torch.float32), torch.as_tensor(betas, dtype=torch.float32))
-        kp3 = reg(out.skin_verts).double().numpy()  # (N,44,3), translation 0
+    q, betas, kp3 = random_skel_people(models_dir, rng, n_images, pose_std)
     samples = []
     for i in range(n_images):
         size = float(rng.uniform(0.6, 0.8) * min(h, w))
@@ -91,3 +97,68 @@ def make_skel_release(
         samples.append(OutSample(key, _disc_image(rng, h, w, kp2), "png", [person]))
     write_release(workdir, name, 0, samples, samples_per_shard=samples_per_shard, fsync=False)
     return Path(workdir) / "releases" / name
+
+
+def _smpl_people(models_dir, rng: np.random.Generator, n: int):
+    """n random upright SMPL neutral bodies facing the camera → (global_orient (n,3), body_pose (n,69), betas (n,10), verts (n,6890,3))."""
+    from skelpgt.fitting.smpl import load_smpl, smpl_forward
+
+    go = np.tile([np.pi, 0.0, 0.0], (n, 1)) + rng.normal(0, 0.1, (n, 3))  # Rx(π): SMPL y-up → camera y-down
+    body = rng.normal(0, 0.2, (n, 69))
+    betas = rng.normal(0, 0.7, (n, 10))
+    with torch.no_grad():
+        verts, _ = smpl_forward(load_smpl(models_dir, "neutral"), torch.as_tensor(np.concatenate((go, body), 1), dtype=torch.float32),
+                                torch.as_tensor(betas, dtype=torch.float32))  # fmt: skip
+    return go, body, betas, verts.double().numpy()
+
+
+def make_eval_files(out: str | Path, models_dir: str | Path, n: int = 6, seed: int = 0, image_hw: tuple[int, int] = (240, 200)) -> dict:
+    """Write small evaluation files in the exact layouts of hsmr-pipeline.md §1.6 with known truth under `out`:
+
+    images/{3dpw,moyo}/*.png; `3dpw_test.npz` (HMR2.0 layout: imgname, center, scale (N,) px, 25 + 19 2D
+    keypoints, extra 3D keypoints = the SKEL body's keypoints 25–43 in the camera frame); `coco_val.npz`
+    (same persons, 2D only, scale (N,2) = box (w, h) px); `moyo_v2.npz` (HSMR layout: SMPL neutral
+    ground truth); `truth_3dpw.npz` (q, betas, cam (s, tx, ty) that reproduce the 3DPW/COCO persons
+    exactly in the evaluation crop). Returns the paths."""
+    from .eval_files import eval_box
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    h, w = image_hw
+    (out / "images" / "3dpw").mkdir(parents=True, exist_ok=True)
+    (out / "images" / "moyo").mkdir(parents=True, exist_ok=True)
+
+    q, betas, kp3 = random_skel_people(models_dir, rng, n)
+    size = rng.uniform(0.55, 0.7, n) * min(h, w)
+    center = np.stack((rng.uniform(0.45, 0.55, n) * (w - 1), rng.uniform(0.45, 0.55, n) * (h - 1)), 1)
+    side, _ = eval_box(np.stack((size, size), 1))
+    s = rng.uniform(0.8, 1.0, n)
+    t = np.stack((rng.normal(0, 0.05, n), rng.normal(0, 0.05, n), 2 * FOCAL_NORMALISED / s), 1)
+    cam = kp3 + t[:, None]
+    kp2 = np.concatenate((center[:, None] + side[:, None, None] * FOCAL_NORMALISED * cam[..., :2] / cam[..., 2:3], np.ones((n, 44, 1))), 2)
+    names = [f"3dpw/{i:05d}.png" for i in range(n)]
+    for i, name in enumerate(names):
+        (out / "images" / name).write_bytes(_disc_image(rng, h, w, kp2[i]))
+    kp3d = np.concatenate((cam, np.ones((n, 44, 1))), 2)
+    common = {"imgname": np.array(names), "center": center, "body_keypoints_2d": kp2[:, :25], "extra_keypoints_2d": kp2[:, 25:]}
+    pw3d = dict(common, scale=size, body_keypoints_3d=np.concatenate((kp3d[:, :25, :3], np.zeros((n, 25, 1))), 2),
+                extra_keypoints_3d=kp3d[:, 25:], body_pose=np.zeros((n, 72)), has_body_pose=np.zeros(n), betas=np.zeros((n, 10)),
+                has_betas=np.zeros(n))  # fmt: skip
+    np.savez(out / "3dpw_test.npz", **pw3d)
+    np.savez(out / "coco_val.npz", **common, scale=np.stack((0.5 * side, side), 1))  # narrow box, same evaluation crop
+    np.savez(out / "truth_3dpw.npz", q=q, betas=betas, cam=np.stack((s, t[:, 0], t[:, 1]), 1))
+
+    go, body, sb, verts = _smpl_people(models_dir, rng, n)
+    msize = rng.uniform(0.55, 0.7, n) * min(h, w)
+    mcenter = np.stack((rng.uniform(0.45, 0.55, n) * (w - 1), rng.uniform(0.45, 0.55, n) * (h - 1)), 1)
+    mside, _ = eval_box(np.stack((0.7 * msize, msize), 1))
+    tz = 2 * FOCAL_NORMALISED / rng.uniform(0.8, 1.0, n)
+    mcam = verts[:, ::200] + np.stack((np.zeros(n), np.zeros(n), tz), 1)[:, None]  # a vertex subset as disc positions
+    mkp = mcenter[:, None] + mside[:, None, None] * FOCAL_NORMALISED * mcam[..., :2] / mcam[..., 2:3]
+    paths = [f"moyo/{i:05d}.png" for i in range(n)]
+    for i, p in enumerate(paths):
+        (out / "images" / p).write_bytes(_disc_image(rng, h, w, mkp[i]))
+    np.savez(out / "moyo_v2.npz", extra_info=np.array({"dataset_name": "MoYo"}, dtype=object), names=np.array([Path(p).stem for p in paths]),
+             img_paths=np.array(paths), centers=mcenter, scales=np.stack((0.7 * msize, msize), 1),
+             smpl=np.array({"global_orient": go, "body_pose": body, "betas": sb}, dtype=object), genders=np.array(["neutral"] * n))  # fmt: skip
+    return {k: out / v for k, v in (("3dpw", "3dpw_test.npz"), ("coco", "coco_val.npz"), ("moyo", "moyo_v2.npz"), ("truth", "truth_3dpw.npz"), ("images", "images"))}

@@ -226,6 +226,25 @@ def predict_cmd(
     typer.echo(f"{out}: {info}")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = typer.Argument(..., help="Regressor checkpoint (.pt)."),
+    hmr2_npz: list[Path] = typer.Option([], help="HMR2.0 evaluation npz (3dpw_test, h36m_val_p2, coco_val, ...); repeatable."),
+    moyo_npz: list[Path] = typer.Option([], help="HSMR's MOYO npz (moyo_v2.npz); repeatable."),
+    images: Path = typer.Option(Path("."), help="Image root the files' image paths are relative to."),
+    out: Path = typer.Option(None, help="Folder for eval_files.json and eval_files.md."),
+    models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+    batch_size: int = typer.Option(32, help="Crops per forward pass."),
+    max_samples: int = typer.Option(None, help="Evaluate only the first N persons of each file."),
+) -> None:
+    """MPJPE / PA-MPJPE / PCK of a checkpoint on the standard evaluation files, in HSMR's Table 1 layout."""
+    from skelpgt.model.eval_files import evaluate_checkpoint
+
+    r = evaluate_checkpoint(checkpoint, hmr2_npz=hmr2_npz, moyo_npz=moyo_npz, images_root=images, models_dir=models_dir,
+                            batch_size=batch_size, max_samples=max_samples, out_dir=out)  # fmt: skip
+    typer.echo(r["markdown"])
+
+
 @app.command("rounds")
 def rounds_cmd(
     workdir: Path = typer.Argument(..., help="Workdir holding labels.h5 and releases/."),
