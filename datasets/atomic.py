@@ -1,9 +1,16 @@
-"""Atomic file writes: write `<name>.tmp`, fsync, rename over the final name, fsync the folder."""
+"""Atomic file writes: write `<name>.<random>.tmp`, fsync, rename over the final name, fsync the folder."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -24,12 +31,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    # a name of its own: two processes writing the same file must not rename each other's temp file
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     if fsync:
         fsync_dir(p.parent)

@@ -36,14 +36,14 @@ from .records import N_BETAS, SKEL_POSE_DIM, SkelLabel
 FORMAT = "skelpgt-labels/1"
 SIDES = ("orig", "flip")
 PRODUCERS = ("convert", "skelify", "manual")
-DICT_COLUMNS = ("config_digest", "code_version", "checkpoint_digest", "created_at")
+DICT_COLUMNS = ("config_digest", "code_version", "checkpoint_digest", "created_at", "source_digest")
 FLOAT_COLUMNS = ("pve_mean", "pve_max", "kp2d_err", "limit_violation")
 ARRAY_COLUMNS = {"poses": SKEL_POSE_DIM, "betas": N_BETAS, "trans": 3}
 # Public column order of a label row.
 COLUMNS = (
     "label_id", "sample_key", "side", "round", "parent_label_id", "producer",
     "poses", "betas", "trans", "pve_mean", "pve_max", "kp2d_err", "limit_violation", "accepted",
-    "config_digest", "code_version", "checkpoint_digest", "created_at",
+    "config_digest", "code_version", "checkpoint_digest", "created_at", "source_digest",
 )  # fmt: skip
 
 _STR = h5py.string_dtype("utf-8")
@@ -111,6 +111,17 @@ class _SortedLookup:
             idx = np.nonzero(miss)[0][hit]
             out[idx] = tv[pos[hit]]
         return out
+
+    def put(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Insert or overwrite (unique `keys`)."""
+        for k, v in ((self.k, self.v), (self.tk, self.tv)):
+            if k.size and keys.size:
+                pos = np.minimum(np.searchsorted(k, keys), k.size - 1)
+                hit = k[pos] == keys
+                v[pos[hit]] = values[hit]
+                keys, values = keys[~hit], values[~hit]
+        if keys.size:
+            self.add(keys, values)
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Insert keys known to be absent."""
@@ -183,6 +194,27 @@ def _create_layout(f: h5py.File) -> None:
     f.attrs["sides"] = ",".join(SIDES)
     f.attrs["producers"] = ",".join(PRODUCERS)
     f.attrs["dict_encoded"] = ",".join(DICT_COLUMNS)
+    _add_source_digest(f)
+
+
+def _add_source_digest(f: h5py.File) -> None:
+    """Give a store the source_digest column if it lacks it (stores written before it existed: '' = unknown)."""
+    n = int(f.attrs["n_rows"])
+    lab = f["labels"]
+    if "source_digest" not in lab:
+        lab.create_dataset("source_digest", shape=(0,), maxshape=(None,), dtype="i4", chunks=(_ROW_CHUNK,))
+    if lab["source_digest"].shape[0] < n:
+        n0 = lab["source_digest"].shape[0]
+        lab["source_digest"].resize(n, axis=0)
+        lab["source_digest"][n0:n] = 0
+    if "source_digest" not in f["dicts"]:
+        f["dicts"].create_dataset("source_digest", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+    if int(f.attrs.get("n_dict_source_digest", 0)) == 0:
+        # code 0 is always '' (no source: manual labels, rows from before the column)
+        f["dicts/source_digest"].resize(1, axis=0)
+        f["dicts/source_digest"][0] = ""
+        f.attrs["n_dict_source_digest"] = 1
+        f.attrs["dict_encoded"] = ",".join(DICT_COLUMNS)
 
 
 class LabelStore:
@@ -201,6 +233,8 @@ class LabelStore:
         self._writer_lock: FileLock | None = None
         self._key_ids: dict[str, int] | None = None
         self._dedup: _SortedLookup | None = None
+        self._src_code: np.ndarray | None = None  # source_digest code per label id (writer)
+        self._parent: np.ndarray | None = None  # parent_label_id per label id (writer)
         self._dict_codes: dict[str, dict[str, int]] = {}
         self._marker = Path(str(self.path) + ".writing")
         self._broken = False
@@ -218,6 +252,10 @@ class LabelStore:
                         _init_file(self.path, durable)
                     self._f = h5py.File(self.path, "a", locking=False)
                     self._check_format(self._f)
+                    if "source_digest" not in self._f["labels"]:
+                        with self._dirty():
+                            _add_source_digest(self._f)
+                            self._flush()
             except BaseException:
                 if self._f is not None:
                     self._f.close()
@@ -326,7 +364,11 @@ class LabelStore:
         comp = _composite(
             lab["key_id"][:n], lab["producer"][:n], lab["side"][:n], lab["round"][:n], lab["config_digest"][:n]
         )
-        self._dedup = _SortedLookup(comp, lab["label_id"][:n])
+        # a composite has one row per source version: the newest is the one a rerun may reuse
+        last_u, last_at = np.unique(comp[::-1], return_index=True)
+        self._dedup = _SortedLookup(last_u, lab["label_id"][:n][::-1][last_at])
+        self._src_code = np.asarray(lab["source_digest"][:n], np.int32)
+        self._parent = np.asarray(lab["parent_label_id"][:n], np.int64)
 
     def _require_writer(self) -> None:
         if self._f is None or self.mode != "a":
@@ -394,8 +436,10 @@ class LabelStore:
         Required: sample_key, side ('orig'|'flip'), round, producer ('convert'|'skelify'|'manual'),
         poses (46,) rad, betas (10,), trans (3,) m. Optional: parent_label_id (-1), pve_mean,
         pve_max (m), kp2d_err, limit_violation (NaN), accepted (True), config_digest, code_version,
-        checkpoint_digest (''), created_at (now, UTC ISO). A row whose (sample_key, side, round,
-        producer, config_digest) already exists is not written again: its existing id is returned.
+        checkpoint_digest (''), created_at (now, UTC ISO), source_digest ('': the sha256 of the
+        source data the label was made from). A row whose (sample_key, side, round, producer,
+        config_digest) already exists with the same source_digest and parent is not written again:
+        its existing id is returned; otherwise (changed annotations, new parent) a new row is written.
         """
         self._require_writer()
         cols, n = self._to_columns(rows)
@@ -409,6 +453,7 @@ class LabelStore:
             # ids handed out in memory for a batch that was not committed: reload from disk
             self._key_ids = None
             self._dedup = None
+            self._src_code = self._parent = None
             self._dict_codes = {}
             raise
 
@@ -466,9 +511,15 @@ class LabelStore:
         if len(kmap) >= (1 << _KEY_BITS):
             raise ValueError("too many distinct sample keys")
 
-        # idempotency: existing (key, side, round, producer, config) -> existing id
+        # idempotency: existing (key, side, round, producer, config) from the same source data and
+        # parent -> existing id; changed source data (new annotations) or a new parent makes a new row
         comp = _composite(key_id, producer, side, round_, dict_codes["config_digest"])
         existing = self._dedup.get(comp)
+        src_code = dict_codes["source_digest"]
+        stale = existing >= 0
+        hit = existing[stale]
+        stale[stale] = (self._src_code[hit] != src_code[stale]) | (self._parent[hit] != parent[stale])
+        existing[stale] = -1
         uniq, first, inv = np.unique(comp, return_index=True, return_inverse=True)
         first_existing = existing[first]
         new_first = np.sort(first[first_existing < 0])  # keep input order for new rows
@@ -496,7 +547,13 @@ class LabelStore:
                 new_keys,
                 new_strings,
             )  # fmt: skip
-            self._dedup.add(comp[w], new_ids)
+            self._dedup.put(comp[w], new_ids)
+            if new_ids[-1] >= self._src_code.size:  # grown geometrically: appends stay amortised O(rows)
+                size = max(int(new_ids[-1]) + 1, 2 * self._src_code.size)
+                self._src_code = np.concatenate([self._src_code, np.zeros(size - self._src_code.size, np.int32)])
+                self._parent = np.concatenate([self._parent, np.full(size - self._parent.size, -1, np.int64)])
+            self._src_code[new_ids] = src_code[w]
+            self._parent[new_ids] = parent[w]
         else:
             self._forget_uncommitted(n_keys0, new_keys, new_strings)
         return ids
@@ -667,6 +724,9 @@ class LabelStore:
         else:
             sel = rows
         for name in fields:
+            if name == "source_digest" and name not in f["labels"]:  # store from before the column
+                out[name] = np.full(rows.size, "", dtype=object)
+                continue
             ds = f[f"labels/{name}"]
             if sel is None:
                 raw = ds[lo:hi][rows - lo] if name != "sample_key" else ds.asstr()[lo:hi][rows - lo]
@@ -912,7 +972,8 @@ def _committed_counts(f: h5py.File) -> dict[str, int]:
     for name in f["keys"]:
         out[f"keys/{name}"] = int(a["n_keys"])
     for name in DICT_COLUMNS:
-        out[f"dicts/{name}"] = int(a[f"n_dict_{name}"])
+        if f"dicts/{name}" in f:
+            out[f"dicts/{name}"] = int(a[f"n_dict_{name}"])
     for name in ("key_hash", "key_hash_id"):
         out[f"index/{name}"] = int(a["n_keys_indexed"])
     for name in ("row_key_id", "row"):
@@ -953,6 +1014,8 @@ def recover(path: str | os.PathLike, *, durable: bool = True, block: int = 1 << 
                 ds = dst["current"].create_dataset(name, shape=(0,), maxshape=(None,), dtype="i8", chunks=(_ROW_CHUNK,))
                 ds.attrs["n"] = counts[f"current/{name}"]
             for dpath, n in counts.items():
+                if dpath == "labels/source_digest" and n > src[dpath].shape[0]:
+                    continue  # store from before the column: _add_source_digest fills it below
                 s_ds, d_ds = src[dpath], dst[dpath]
                 d_ds.resize(n, axis=0)
                 is_str = h5py.check_string_dtype(s_ds.dtype) is not None
@@ -961,6 +1024,7 @@ def recover(path: str | os.PathLike, *, durable: bool = True, block: int = 1 << 
                     d_ds[a:b] = s_ds.asstr()[a:b] if is_str else s_ds[a:b]
             for k, v in src.attrs.items():
                 dst.attrs[k] = v
+            _add_source_digest(dst)
         n_rows = counts["labels/label_id"]
     if durable:
         with open(tmp, "rb+") as fh:

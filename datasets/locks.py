@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -23,8 +24,20 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self) -> "FileLock":
-        """Take the lock or raise LockTimeout naming the holder's note (pid) when known."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock or raise LockTimeout naming the holder's note (pid) when known.
+
+        A shared lock in a folder we may not write (a read-only copy of a work folder) uses the
+        lock file read-only if it exists, and no lock if it does not: nobody can write there.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not self.shared or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            try:
+                fd = os.open(self.path, os.O_RDONLY)  # flock works on a read-only descriptor
+            except FileNotFoundError:
+                return self
         op = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         delay = 0.005

@@ -20,7 +20,7 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class ShardConversion:
     n_in: int  # persons in the source shard (read + quarantined by the reader)
     n_unlabelled: int  # persons without SMPL parameters, carried through unlabelled
     seconds: float
+    person_keys: list[str] = field(default_factory=list)  # every person the reader accepted (labelled or not)
 
     @property
     def n_labelled(self) -> int:
@@ -123,6 +124,7 @@ def convert_source_shard(source: str | os.PathLike, converter: Converter, out: s
         source=str(source), source_sha256=digest, config_digest=converter.config.digest(), code_version=version,
         keys=keys, labels=labels, quarantine=list(quarantine), n_in=counts.n_in,
         n_unlabelled=len(records) - len(labelled), seconds=time.perf_counter() - start,
+        person_keys=[r.key for r in records],
     )  # fmt: skip
     save_conversion(result, out)
     return result
@@ -134,6 +136,7 @@ def save_conversion(conv: ShardConversion, path: str | os.PathLike) -> None:
     meta["quarantine"] = [asdict(e) for e in conv.quarantine]
     arrays = {f"{side}_{f}": v for side, fields in conv.labels.items() for f, v in fields.items()}
     arrays["keys"] = np.array(conv.keys, dtype=str)
+    arrays["person_keys"] = np.array(conv.person_keys, dtype=str)
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -146,11 +149,43 @@ def load_conversion(path: str | os.PathLike) -> ShardConversion | None:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             keys = [str(k) for k in z["keys"]]
+            person_keys = [str(k) for k in z["person_keys"]]
             labels = {side: {f: z[f"{side}_{f}"] for f in _LABEL_FIELDS} for side in SIDES}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # absent, damaged or from an older version: recomputed
         return None
     quarantine = [QuarantineEntry(**d) for d in meta.pop("quarantine")]
-    return ShardConversion(keys=keys, labels=labels, quarantine=quarantine, **meta)
+    return ShardConversion(keys=keys, labels=labels, quarantine=quarantine, person_keys=person_keys, **meta)
+
+
+def drop_duplicate_images(conversions: list[ShardConversion]) -> list[ShardConversion]:
+    """Quarantine every person of an image key already read from an earlier source (in order); the rest unchanged.
+
+    Two sources holding the same image key would otherwise release its persons twice, sharing
+    label ids (the label store keys a label by its person key).
+    """
+    from .records import split_person_key
+
+    first_seen: dict[str, str] = {}
+    out = []
+    for conv in conversions:
+        images = {split_person_key(k)[0] for k in conv.person_keys}
+        dup = {im: first_seen[im] for im in images if im in first_seen and first_seen[im] != conv.source}
+        for im in images:
+            first_seen.setdefault(im, conv.source)
+        if not dup:
+            out.append(conv)
+            continue
+        is_dup = lambda k: split_person_key(k)[0] in dup  # noqa: E731
+        keep = [i for i, k in enumerate(conv.keys) if not is_dup(k)]
+        dropped = [k for k in conv.person_keys if is_dup(k)]
+        entries = [QuarantineEntry(k, conv.source, "key", f"duplicate: image {split_person_key(k)[0]} already read from {dup[split_person_key(k)[0]]}") for k in dropped]
+        n_labelled_dropped = len(conv.keys) - len(keep)
+        out.append(replace(
+            conv, keys=[conv.keys[i] for i in keep], person_keys=[k for k in conv.person_keys if not is_dup(k)],
+            labels={s: {f: v[keep] for f, v in fields.items()} for s, fields in conv.labels.items()},
+            quarantine=conv.quarantine + entries, n_unlabelled=conv.n_unlabelled - (len(dropped) - n_labelled_dropped),
+        ))  # fmt: skip
+    return out
 
 
 def record_round0(store_path: str | os.PathLike, conversions: list[ShardConversion]) -> dict[str, dict[str, int]]:
@@ -167,7 +202,7 @@ def record_round0(store_path: str | os.PathLike, conversions: list[ShardConversi
                     "poses": lab["poses"], "betas": lab["betas"], "trans": lab["trans"],
                     "pve_mean": lab["pve_mean"], "pve_max": lab["pve_max"], "kp2d_err": lab["kp2d_err"],
                     "limit_violation": lab["limit_violation"], "config_digest": conv.config_digest,
-                    "code_version": conv.code_version,
+                    "code_version": conv.code_version, "source_digest": conv.source_sha256,
                 }  # fmt: skip
                 label_ids = store.append(rows)
                 store.set_current(0, label_ids)
@@ -268,18 +303,46 @@ def reshard_round(workdir: str | os.PathLike, release: str, round: int, *, sampl
     )  # fmt: skip
 
 
-def build_round0(sources: list[str | os.PathLike], workdir: str | os.PathLike, release: str, converter: Converter) -> dict:
-    """The `build-pseudo-gt` steps in one process (tests, benchmarks, the regressor demo): sources → round-0 release; its manifest."""
-    from .release import finalize_release, staging_dir
+def round0_config(conversions: list[ShardConversion], config, **extra) -> dict:
+    """What a round-0 manifest records of its making: converter config, source paths and their sha256, `extra`."""
+    return {
+        "convert": {**asdict(config), "digest": config.digest()}, **extra,
+        "sources": [c.source for c in conversions], "source_sha256": [c.source_sha256 for c in conversions],
+    }  # fmt: skip
 
+
+def clear_staging(workdir: str | os.PathLike, release: str, round: int) -> Path:
+    """Empty staging folder of a round (leftovers of a killed or refused run removed); the caller holds the release lock."""
+    import shutil
+
+    from .release import staging_dir
+
+    stage = staging_dir(workdir, release, round)
+    shutil.rmtree(stage, ignore_errors=True)
+    return stage
+
+
+def build_round0(
+    sources: list[str | os.PathLike], workdir: str | os.PathLike, release: str, converter: Converter, *, overwrite: bool = False
+) -> dict:
+    """The `build-pseudo-gt` steps in one process (tests, benchmarks, the regressor demo): sources → round-0 release; its manifest.
+
+    A round 0 that exists from other inputs or settings is refused before anything is written,
+    unless `overwrite`.
+    """
+    from .release import check_rebuild, check_release_name, finalize_release, release_lock
+
+    check_release_name(release)
     workdir = Path(workdir)
     sources = [str(s) for s in sources]
-    conversions = [convert_source_shard(s, converter, conversion_path(workdir, release, s)) for s in sources]
-    ids = record_round0(workdir / "labels.h5", conversions)
-    stage = staging_dir(workdir, release, 0)
-    infos = [write_release_shard(c, ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
-    return finalize_release(
-        workdir, release, 0, shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
-        config={"convert": {**asdict(converter.config), "digest": converter.config.digest()}, "sources": sources},
-        code_version=code_version(), n_in=sum(c.n_in for c in conversions),
-    )  # fmt: skip
+    conversions = drop_duplicate_images([convert_source_shard(s, converter, conversion_path(workdir, release, s)) for s in sources])
+    config, version = round0_config(conversions, converter.config), code_version()
+    with release_lock(workdir, release):
+        check_rebuild(workdir, release, 0, config, version, overwrite=overwrite)
+        ids = record_round0(workdir / "labels.h5", conversions)
+        stage = clear_staging(workdir, release, 0)
+        infos = [write_release_shard(c, ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
+        return finalize_release(
+            workdir, release, 0, shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
+            config=config, code_version=version, n_in=sum(c.n_in for c in conversions), overwrite=overwrite,
+        )  # fmt: skip

@@ -85,12 +85,17 @@ def read_hmr2_tar(
         sink.bad(QuarantineEntry("*", src, "tar", "empty: zero-byte file"))
         return
     n_items = 0
+    seen: set[str] = set()
     for item in iter_tar(src):
         n_items += 1
         if isinstance(item, TarDamage):
             sink.bad(QuarantineEntry(key=item.key or "*", file=src, field=item.member or "tar", reason=item.reason))
             continue
         key, members = item.key, item.members
+        if key in seen:  # same image twice in one tar: its persons would share keys and label ids
+            sink.bad(QuarantineEntry(key, src, "key", "duplicate: image key appears twice in this tar"))
+            continue
+        seen.add(key)
         if item.duplicates:
             sink.bad(QuarantineEntry(key, src, item.duplicates[0], f"duplicate: member .{item.duplicates[0]} appears twice"))
             continue
@@ -260,16 +265,25 @@ def read_npz(
 
 
 def source_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
-    """A file, a folder (its *.tar and *.npz, sorted) or a list of those -> sorted list of source files."""
+    """A file, a folder (its *.tar and *.npz, sorted) or a list of those -> sorted list of source files.
+
+    A dataset root (a folder with `dataset.json` and a `shards/` folder, as `skelpgt data
+    make-synthetic` writes) stands for its shards: its `truth.npz` holds no images. A path that does
+    not exist raises FileNotFoundError.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[str] = []
     for p in paths:
         p = Path(p)
+        if p.is_dir() and (p / "dataset.json").is_file() and (p / "shards").is_dir():
+            p = p / "shards"
         if p.is_dir():
             out.extend(str(f) for f in sorted(p.iterdir()) if f.suffix in (".tar", ".npz") and f.is_file())
-        else:
+        elif p.exists():
             out.append(str(p))
+        else:
+            raise FileNotFoundError(f"{p}: input not found (give .tar/.npz files or folders of them)")
     return out
 
 

@@ -137,7 +137,7 @@ def refine_round(
                 poses = torch.from_numpy(np.stack([c.poses for c in current]))
                 betas = torch.from_numpy(np.stack([c.betas for c in current]))
                 before = skelify.evaluate(kp, poses, betas, None, *cam)
-                ids = [committed.get((k, side)) for k in chunk]
+                ids = [committed.get((k, side, c.label_id)) for k, c in zip(chunk, current)]
                 if any(i is None for i in ids):  # not (fully) committed by an interrupted run: fit it
                     best = _best_candidate(skelify, kp, cam, poses, betas, chunk, side, predictions)
                     accept = skelify.accept(kp, before, best["poses"], best["betas"], best["kp2d_err"], best["score"])
@@ -149,6 +149,7 @@ def refine_round(
                             "kp2d_err": best["kp2d_err"].numpy(), "limit_violation": best["limit_violation"].numpy(),
                             "accepted": accept.numpy(), "config_digest": config_digest, "code_version": code_version(),
                             "checkpoint_digest": checkpoint_digest,
+                            "source_digest": _source_digests(store, [c.label_id for c in current]),
                         }
                     ).tolist()  # fmt: skip
                     fitted += 1
@@ -204,11 +205,20 @@ def predict_round(
     return load_predictions(out), digest
 
 
-def _committed_rows(store: LabelStore, round: int, config_digest: str) -> dict[tuple[str, str], int]:
-    """(person key, side) → label id of the SKELify rows this round's config already committed."""
-    rows = store.rows_of_round(round, ("label_id", "sample_key", "side", "producer", "config_digest"))
+def _committed_rows(store: LabelStore, round: int, config_digest: str) -> dict[tuple[str, str, int], int]:
+    """(person key, side, parent id) → label id of the SKELify rows this round's config already committed."""
+    rows = store.rows_of_round(round, ("label_id", "sample_key", "side", "producer", "config_digest", "parent_label_id"))
     mine = (rows["producer"].astype(str) == "skelify") & (rows["config_digest"].astype(str) == config_digest)
-    return {(str(k), str(s)): int(i) for k, s, i in zip(rows["sample_key"][mine], rows["side"][mine], rows["label_id"][mine])}
+    return {
+        (str(k), str(s), int(p)): int(i)
+        for k, s, p, i in zip(rows["sample_key"][mine], rows["side"][mine], rows["parent_label_id"][mine], rows["label_id"][mine])
+    }
+
+
+def _source_digests(store: LabelStore, parent_ids: list[int]) -> list[str]:
+    """Source digest of each parent label: a refined label comes from the same source data."""
+    got = store.get(parent_ids, ("label_id", "source_digest"))
+    return got["source_digest"][np.searchsorted(got["label_id"], np.asarray(parent_ids, np.int64))].astype(str).tolist()
 
 
 def _rows_in_order(store: LabelStore, ids: list[int]) -> dict[str, np.ndarray]:

@@ -13,12 +13,14 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from .atomic import atomic_write_bytes, fsync_dir
+from .locks import FileLock
 from .quarantine import Quarantine, QuarantineEntry, read_quarantine
 from .shards import OutSample, ShardInfo, ShardWriter, person_index_of, sha256_file, shard_label_digest
 
@@ -149,6 +151,32 @@ def build_manifest(
     }
 
 
+@contextmanager
+def release_lock(workdir: str | os.PathLike, name: str):
+    """Hold `releases/<name>/.lock` (exclusive, waits): one build, refine or reshard writes a release at a time."""
+    folder = Path(workdir) / "releases" / check_release_name(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".lock", timeout=None, note=f"pid {os.getpid()}"):
+        yield
+
+
+def check_rebuild(workdir: str | os.PathLike, name: str, round: int, config: Mapping, code_version: str, *, overwrite: bool) -> None:
+    """Refuse, before anything is written, to rebuild an existing round from other inputs or settings unless `overwrite`."""
+    final = round_dir(workdir, name, round)
+    if overwrite or not (final / MANIFEST).is_file():
+        return
+    old = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
+    cfg = json.loads(canonical_json(dict(config)))  # compare as the manifest stores it
+    differ = sorted(k for k in set(cfg) | set(old.get("config", {})) if cfg.get(k) != old.get("config", {}).get(k))
+    if old.get("code_version") != code_version:
+        differ.append("code_version")
+    if differ:
+        raise FileExistsError(
+            f"{final} was built from other inputs or settings ({', '.join(differ)} differ): "
+            "rerun with overwrite=true to replace it, or use another release name"
+        )
+
+
 def staging_dir(workdir: str | os.PathLike, name: str, round: int) -> Path:
     """Where a round is assembled before it is renamed into place."""
     final = round_dir(workdir, name, round)
@@ -200,7 +228,8 @@ def finalize_release(
             shutil.rmtree(stage)
             return manifest
         if not overwrite:
-            raise FileExistsError(f"{final} exists with a different manifest; pass overwrite=True to replace it")
+            shutil.rmtree(stage)  # refused: leave nothing that a rerun would trip over
+            raise FileExistsError(f"{final} exists with a different manifest: rerun with overwrite=true to replace it, or use another release name")
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
@@ -229,17 +258,18 @@ def write_release(
     fsync: bool = True,
 ) -> dict:
     """OutSamples (in order) -> complete release round folder; returns its manifest dict."""
-    stage = staging_dir(workdir, name, round)
-    if stage.exists():
-        shutil.rmtree(stage)  # leftovers of an interrupted run are rewritten from scratch
-    with ShardWriter(stage, prefix=prefix or name, samples_per_shard=samples_per_shard, fsync=fsync) as w:
-        for s in samples:
-            w.write(s)
-    return finalize_release(
-        workdir, name, round,
-        shard_infos=w.infos, quarantine=quarantine, parent_round=parent_round,
-        config=config, code_version=code_version, n_in=n_in, overwrite=overwrite,
-    )  # fmt: skip
+    with release_lock(workdir, name):
+        stage = staging_dir(workdir, name, round)
+        if stage.exists():
+            shutil.rmtree(stage)  # leftovers of an interrupted run are rewritten from scratch
+        with ShardWriter(stage, prefix=prefix or name, samples_per_shard=samples_per_shard, fsync=fsync) as w:
+            for s in samples:
+                w.write(s)
+        return finalize_release(
+            workdir, name, round,
+            shard_infos=w.infos, quarantine=quarantine, parent_round=parent_round,
+            config=config, code_version=code_version, n_in=n_in, overwrite=overwrite,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- consumer API

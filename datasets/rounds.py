@@ -29,8 +29,11 @@ def rounds_table(workdir: str | os.PathLike, release: str, models_dir: str | os.
         "| round | parent | persons | labelled | quarantined | changed | kept | rejected | mean kp2d_err | mean limit violation ° | MPJPE vs truth (mm) | PA-MPJPE vs truth (mm) | label digest |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rounds = list_rounds(workdir / "releases" / release)
+    if not rounds:
+        raise FileNotFoundError(f"{workdir / 'releases' / release}: no release {release!r} with a complete round here (check --release and the workdir)")
     truth = None
-    for r in list_rounds(workdir / "releases" / release):
+    for r in rounds:
         manifest = read_manifest(round_dir(workdir, release, r))
         with LabelStore(workdir / "labels.h5") as store:
             made = store.rows_of_round(r, ("producer", "accepted"))
@@ -138,8 +141,12 @@ def _read_truth(paths) -> dict[str, np.ndarray]:
 
 
 def diff_rounds(workdir: str | os.PathLike, round_a: int, round_b: int) -> list[tuple[str, str, int, int]]:
-    """(person key, side, label id in a, label id in b) for every label that differs between rounds."""
+    """(person key, side, label id in a, label id in b) for every label that differs between rounds; unknown round → KeyError."""
     with LabelStore(Path(workdir) / "labels.h5") as store:
+        known = store.rounds()
+        for r in (round_a, round_b):
+            if r not in known:
+                raise KeyError(f"{Path(workdir) / 'labels.h5'}: no round {r} (rounds: {known or 'none'})")
         a, b = store.current(round_a), store.current(round_b)
     ids_a = {(str(k), str(s)): int(i) for k, s, i in zip(a["sample_key"], a["side"], a["label_id"])}
     out = []

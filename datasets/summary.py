@@ -221,8 +221,8 @@ def format_lineage(rows: list[dict], sample_key: str = "") -> str:
     lines = [
         title,
         "",
-        "| label | side | round | producer | parent | accepted | pve_mean mm | pve_max mm | kp2d_err | limit viol. | current in rounds | config | created |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| label | side | round | producer | parent | accepted | pve_mean mm | pve_max mm | kp2d_err | limit viol. | current in rounds | config | source | created |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         parent = "–" if r["parent_label_id"] < 0 else str(r["parent_label_id"])
@@ -230,7 +230,7 @@ def format_lineage(rows: list[dict], sample_key: str = "") -> str:
         lines.append(
             f"| {r['label_id']} | {r['side']} | {r['round']} | {r['producer']} | {parent} | {'yes' if r['accepted'] else 'no'} "
             f"| {_fmt(r['pve_mean'], 1000)} | {_fmt(r['pve_max'], 1000)} | {_fmt(r['kp2d_err'], 1, 5)} | {_fmt(r['limit_violation'], 1, 4)} "
-            f"| {cur} | {(r['config_digest'] or '–')[:12]} | {r['created_at']} |"
+            f"| {cur} | {(r['config_digest'] or '–')[:12]} | {(r.get('source_digest') or '–')[:12]} | {r['created_at']} |"
         )
     by_id = {r["label_id"]: r for r in rows}
     lines += ["", "## Chains", ""]

@@ -6,11 +6,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .quarantine import Quarantine, read_quarantine
-from .release import MANIFEST, QUARANTINE, RELEASE_FORMAT, _combined_label_digest, resolve_round
+from .release import _ROUND_DIR as _ROUND_NAME
+from .release import MANIFEST, QUARANTINE, RELEASE_FORMAT, _combined_label_digest, config_digest, resolve_round
 from .shards import ShardInfo, _label_digest_update, iter_shard, person_index_of, sha256_file
 
 
@@ -38,7 +40,9 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _store_check(report: VerifyReport, store_path: str | os.PathLike, ids: np.ndarray, keys: list[str], sides: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+def _store_check(
+    report: VerifyReport, store_path: str | os.PathLike, ids: np.ndarray, keys: list[str], sides: np.ndarray, arrays: dict[str, np.ndarray], manifest: dict
+) -> None:
     from .labelstore import open_store
 
     with open_store(store_path) as st:
@@ -50,11 +54,24 @@ def _store_check(report: VerifyReport, store_path: str | os.PathLike, ids: np.nd
         if not present.any():
             return
         pid = ids[present]
-        cols = st.get(pid, ("label_id", "sample_key", "side", "poses", "betas", "trans"))
+        cols = st.get(pid, ("label_id", "sample_key", "side", "round", "source_digest", "poses", "betas", "trans"))
     pos = np.searchsorted(cols["label_id"], pid)
     mism_key = [k for k, s, j in zip(np.asarray(keys, dtype=object)[present], sides[present], pos) if cols["sample_key"][j] != k or cols["side"][j] != s]
     if mism_key:
         report.errors.append(f"{len(mism_key)} label id(s) belong to another sample/side in the store (e.g. {mism_key[:3]})")
+    later = cols["round"][pos] > int(manifest["round"])
+    if later.any():
+        report.errors.append(f"{int(later.sum())} label id(s) were made in a round after this release's round {manifest['round']} (e.g. {pid[later][:3].tolist()})")
+    # a label made from other source data than this release's (e.g. before the annotations changed)
+    known = set(manifest.get("config", {}).get("source_sha256") or [])
+    digests = cols["source_digest"][pos].astype(str)
+    if known:
+        stale = np.array([d != "" and d not in known for d in digests], bool)
+        if stale.any():
+            report.errors.append(
+                f"{int(stale.sum())} label id(s) were made from other source data than this release's sources (e.g. {pid[stale][:3].tolist()})"
+            )
+        report.checked["label source digests checked"] = int(np.count_nonzero(digests != ""))
     # the shard writer turns a non-finite label into zeros (HSMR would otherwise train on it)
     finite = np.ones(pos.size, bool)
     for name in ("poses", "betas", "trans"):
@@ -65,6 +82,33 @@ def _store_check(report: VerifyReport, store_path: str | os.PathLike, ids: np.nd
         if diff.any():
             report.errors.append(f"{int(diff.sum())} label(s) differ from the store in {name}")
     report.checked["labels checked against store"] = int(present.sum())
+
+
+def _check_manifest_fields(rep: VerifyReport, rdir: Path, manifest: dict) -> None:
+    """Manifest fields that are not checksums: round, release, parent round, config digest, sources."""
+    m = _ROUND_NAME.match(rdir.name)
+    if m and manifest.get("round") != int(m.group(1)):
+        rep.errors.append(f"manifest round {manifest.get('round')!r} but the folder is {rdir.name}")
+    if _ROUND_NAME.match(rdir.name) and manifest.get("release") != rdir.parent.name:
+        rep.errors.append(f"manifest release {manifest.get('release')!r} but the folder is releases/{rdir.parent.name}")
+    parent = manifest.get("parent_round")
+    if parent is not None and not (isinstance(parent, int) and 0 <= parent < int(manifest.get("round", 0))):
+        rep.errors.append(f"manifest parent_round {parent!r} is not an earlier round")
+    cfg = manifest.get("config")
+    if not isinstance(cfg, dict) or config_digest(cfg) != manifest.get("config_digest"):
+        rep.errors.append("manifest config_digest does not match its config")
+        return
+    sources, digests = cfg.get("sources"), cfg.get("source_sha256")
+    if digests is not None and (not isinstance(sources, list) or len(digests) != len(sources)):
+        rep.errors.append("manifest config: sources and source_sha256 differ in length")
+        return
+    for src, want in zip(sources or [], digests or []):
+        if not Path(src).is_file():
+            rep.warnings.append(f"source {src} not found here: not checked")
+        elif sha256_file(src) != want:
+            rep.errors.append(f"source {src} changed since this release was built: rebuild it (build-pseudo-gt with overwrite=true)")
+    if sources is not None and rep.ok:
+        rep.checked["sources"] = len(sources)
 
 
 def verify_release(path: str | os.PathLike, round: int | None = None, *, store: str | os.PathLike | None = None) -> VerifyReport:
@@ -79,9 +123,17 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
     except (OSError, ValueError) as exc:
         rep.errors.append(f"manifest.json unreadable: {exc}")
         return rep
-    if manifest.get("format") != RELEASE_FORMAT:
-        rep.errors.append(f"manifest format {manifest.get('format')!r}, expected {RELEASE_FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != RELEASE_FORMAT:
+        rep.errors.append(f"manifest format {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {RELEASE_FORMAT!r}")
         return rep
+    try:
+        _verify_round(rep, rdir, manifest, store)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        rep.errors.append(f"manifest.json malformed: {type(exc).__name__}: {exc}")
+    return rep
+
+
+def _verify_round(rep: VerifyReport, rdir: Path, manifest: dict, store) -> None:
     listed = {s["name"] for s in manifest["shards"]}
     on_disk = {p.name for p in rdir.glob("*.tar")}
     for extra in sorted(on_disk - listed):
@@ -89,6 +141,8 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
     for tmp in sorted(p.name for p in rdir.glob("*.tmp")):
         rep.warnings.append(f"{tmp}: leftover temporary file")
 
+    _check_manifest_fields(rep, rdir, manifest)
+    bad_person: list[str] = []
     infos: list[ShardInfo] = []
     ids_all, keys_all, sides_all = [], [], []
     arrays_all: dict[str, list] = {"poses": [], "betas": [], "trans": []}
@@ -110,6 +164,9 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
         for sample in iter_shard(p, q):
             n_s += 1
             n_p += len(sample.persons)
+            for person in sample.persons:
+                if isinstance(person, dict) and (person.get("round"), person.get("release")) != (manifest.get("round"), manifest.get("release")):
+                    bad_person.append(f"{s['name']}: {sample.key}: person says round {person.get('round')!r} of {person.get('release')!r}")
             try:
                 n_l += _label_digest_update(h, sample.key, sample.persons)
             except (KeyError, TypeError, ValueError) as exc:
@@ -134,6 +191,8 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
             rep.errors.append(f"{s['name']}: label digest mismatch")
         infos.append(ShardInfo(s["name"], digest, size, n_s, n_p, n_l, h.hexdigest()))
 
+    if bad_person:
+        rep.errors.append(f"{len(bad_person)} person(s) disagree with the manifest's round/release (e.g. {bad_person[0]})")
     c = manifest["counts"]
     tot = {k: sum(getattr(i, k) for i in infos) for k in ("samples", "persons", "labelled")}
     for k, v in tot.items():
@@ -150,9 +209,15 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
         if sha256_file(qpath) != manifest["quarantine"]["sha256"]:
             rep.errors.append("quarantine.jsonl: sha256 mismatch")
         try:
-            n_q = len(read_quarantine(qpath))
+            entries = read_quarantine(qpath)
+            n_q = len(entries)
             if n_q != c["quarantined"]:
                 rep.errors.append(f"quarantine.jsonl has {n_q} entries, manifest says {c['quarantined']}")
+            by_kind: dict[str, int] = {}
+            for e in entries:
+                by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
+            if by_kind != manifest["quarantine"].get("by_kind", by_kind):
+                rep.errors.append(f"quarantine.jsonl kinds {dict(sorted(by_kind.items()))} != manifest {manifest['quarantine']['by_kind']}")
         except (ValueError, KeyError) as exc:
             rep.errors.append(f"quarantine.jsonl unreadable: {exc}")
     if len(infos) == len(manifest["shards"]) and _combined_label_digest(infos) != manifest["label_digest"]:
@@ -160,10 +225,12 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
     rep.checked.update({"shards": len(manifest["shards"]), **{f"counts.{k}": v for k, v in c.items()}})
     if want_labels:
         if ids_all:
-            _store_check(
-                rep, store, np.asarray(ids_all, np.int64), keys_all, np.asarray(sides_all, dtype=object),
-                {k: np.stack(v).astype(np.float32) for k, v in arrays_all.items()},
-            )  # fmt: skip
+            try:
+                _store_check(
+                    rep, store, np.asarray(ids_all, np.int64), keys_all, np.asarray(sides_all, dtype=object),
+                    {k: np.stack(v).astype(np.float32) for k, v in arrays_all.items()}, manifest,
+                )  # fmt: skip
+            except OSError as exc:  # missing, unreadable or truncated labels.h5
+                rep.errors.append(f"label store {store}: {exc}")
         else:
             rep.checked["labels checked against store"] = 0
-    return rep

@@ -8,7 +8,6 @@ manifest. Per-shard tasks run in order in-process, or on Dask (`dask_address`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from skelpgt.datasets import pseudo_gt
 from skelpgt.datasets.readers import source_files
-from skelpgt.datasets.release import finalize_release, staging_dir
+from skelpgt.datasets.release import check_rebuild, check_release_name, finalize_release, release_lock
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.models import ensure_models_dir
 
@@ -45,16 +44,19 @@ def convert_shard(source: str, out: str, models_dir: str, config: ConvertConfig,
 
 
 @task(name="record-labels", cache_policy=NO_CACHE)
-def record_labels(store: str, label_files: list[str]) -> dict[str, dict[str, int]]:
+def record_labels(store: str, conversions: list[pseudo_gt.ShardConversion]) -> dict[str, dict[str, int]]:
     """Append round-0 labels of every shard to the label store (the only writer)."""
-    return pseudo_gt.record_round0(store, [pseudo_gt.load_conversion(f) for f in label_files])
+    return pseudo_gt.record_round0(store, conversions)
 
 
 @task(name="write-release-shard", cache_policy=NO_CACHE)
-def write_release_shard(label_file: str, label_ids: dict, stage: str, index: int, release: str):
-    """Write the release shard of one source shard."""
-    info = pseudo_gt.write_release_shard(pseudo_gt.load_conversion(label_file), label_ids, stage, index=index, release=release)
-    get_run_logger().info("%s: %d images, %d persons, sha256 %s", info.name, info.samples, info.persons, info.sha256[:12])
+def write_release_shard(conv: pseudo_gt.ShardConversion, label_ids: dict, stage: str, index: int, release: str):
+    """Write the release shard of one source shard (None when every person of it was quarantined)."""
+    info = pseudo_gt.write_release_shard(conv, label_ids, stage, index=index, release=release)
+    if info is None:
+        get_run_logger().info("%s: no release shard (every person quarantined)", Path(conv.source).name)
+    else:
+        get_run_logger().info("%s: %d images, %d persons, sha256 %s", info.name, info.samples, info.persons, info.sha256[:12])
     return info
 
 
@@ -97,9 +99,15 @@ def build_pseudo_gt(
     synthetic_seed: int = 0,
     torch_threads: int = 2,
     dask_address: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Build release round 0 from HMR2.0-style tars / npz files (default: the synthetic dataset)."""
+    """Build release round 0 from HMR2.0-style tars / npz files (default: the synthetic dataset).
+
+    An existing round 0 built from other inputs or settings is refused before anything is
+    written; `overwrite=true` replaces it (new label rows for changed sources, old rows kept).
+    """
     logger = get_run_logger()
+    check_release_name(release)  # before anything is written anywhere
     workdir_path = Path(workdir).resolve()
     models = str(ensure_models_dir(models_dir))
     if not inputs:
@@ -112,21 +120,31 @@ def build_pseudo_gt(
     runner = _task_runner(dask_address)
     label_files = convert_shards.with_options(task_runner=runner)(sources, outs, models, config, torch_threads)
 
-    label_ids = record_labels(str(workdir_path / "labels.h5"), label_files)
-    stage = str(staging_dir(workdir_path, release, 0))
-    infos = [write_release_shard(f, label_ids, stage, i, release) for i, f in enumerate(label_files)]
-    conversions = [pseudo_gt.load_conversion(f) for f in label_files]
+    conversions = pseudo_gt.drop_duplicate_images([_load(f) for f in label_files])
     summary = pseudo_gt.summarize(conversions)
-    manifest = finalize_release(
-        workdir_path, release, 0,
-        shard_infos=infos, quarantine=[e for c in conversions for e in c.quarantine],
-        config={"convert": {**dataclasses.asdict(config), "digest": config.digest()}, "models_dir": _models_identity(models), "sources": sources},
-        code_version=pseudo_gt.code_version(), n_in=summary["persons_in"],
-    )  # fmt: skip
+    release_config = pseudo_gt.round0_config(conversions, config, models_dir=_models_identity(models))
+    version = pseudo_gt.code_version()
+    with release_lock(workdir_path, release):
+        check_rebuild(workdir_path, release, 0, release_config, version, overwrite=overwrite)
+        label_ids = record_labels(str(workdir_path / "labels.h5"), conversions)
+        stage = str(pseudo_gt.clear_staging(workdir_path, release, 0))
+        infos = [write_release_shard(c, label_ids, stage, i, release) for i, c in enumerate(conversions)]
+        manifest = finalize_release(
+            workdir_path, release, 0,
+            shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
+            config=release_config, code_version=version, n_in=summary["persons_in"], overwrite=overwrite,
+        )  # fmt: skip
     release_dir = workdir_path / "releases" / release / "round-0"
     create_markdown_artifact(key="build-pseudo-gt-summary", markdown=_summary_markdown(release_dir, summary, manifest))
     logger.info("release %s: %s", release_dir, summary)
     return {"release": str(release_dir), "summary": summary, "manifest": manifest}
+
+
+def _load(label_file: str) -> pseudo_gt.ShardConversion:
+    conv = pseudo_gt.load_conversion(label_file)
+    if conv is None:
+        raise RuntimeError(f"{label_file}: converted labels unreadable; rerun the flow to convert that shard again")
+    return conv
 
 
 def _synthetic_inputs(workdir: Path, n_images: int, seed: int, models_dir: str) -> Path:
