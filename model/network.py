@@ -18,8 +18,8 @@ Layout follows hsmr-pipeline.md §5.1–5.4 (no code copied from HSMR/HMR2.0/4D-
   camera (global Rx(π) in the SKEL output frame; `mean_pelvis_rotation(skel)` converts it to the
   BSM pelvis frame), β = 0, camera (0.9, 0, 0) (HSMR's SKEL_mean camera).
 
-Pretrained backbones: `load_backbone(model_or_backbone, state_dict)` accepts timm ViT key names
-(see `load_backbone`).
+Pretrained backbones: `load_backbone(model_or_backbone, read_backbone_checkpoint(path))` takes
+timm / ViTPose / HMR2.0 ViT key names and returns a `BackboneReport` (see `load_backbone`).
 """
 
 from __future__ import annotations
@@ -467,44 +467,108 @@ def cam_translation(cam: Tensor, focal: float) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- pretrained weights
-def load_backbone(module: nn.Module, state_dict: dict, strict: bool = True) -> list[str]:
-    """Load a timm / ViTPose ViT state dict into `module` (a `Regressor` or a `ViT`); returns ignored keys.
+_PREFIXES = ("module.", "model.", "backbone.")
 
-    Key mapping (timm `VisionTransformer` names = ours, prefix-stripped):
-      `patch_embed.proj.{weight,bias}`, `pos_embed` (1, 1+N, dim; resized bicubically if the
-      token grid differs, entry 0 kept), `blocks.{i}.norm1|norm2.{weight,bias}`,
-      `blocks.{i}.attn.qkv.{weight,bias}`, `blocks.{i}.attn.proj.{weight,bias}`,
-      `blocks.{i}.mlp.fc1|fc2.{weight,bias}`, `norm.{weight,bias}` (ViTPose: `last_norm.*` → `norm.*`).
-    Prefixes `backbone.`, `module.`, `model.` are stripped. Ignored: `cls_token`, `head.*`,
-    `fc_norm.*`, `keypoint_head.*` and anything else not in the backbone.
+
+@dataclass
+class BackboneReport:
+    """What `load_backbone` did: source keys loaded / left out, our keys left at their init, the position-embedding resize."""
+
+    loaded: list[str] = field(default_factory=list)  # our key names that received source weights
+    missing: list[str] = field(default_factory=list)  # our keys with no source tensor
+    unexpected: list[str] = field(default_factory=list)  # source keys (as given) with no counterpart
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (source key, source shape, our shape)
+    pos_embed: dict | None = None  # {'from_grid', 'to_grid', 'cls_slot'} when resized
+
+    def summary(self) -> str:
+        pe = "" if self.pos_embed is None else f"; pos_embed {self.pos_embed['from_grid']} → {self.pos_embed['to_grid']}" + ("" if self.pos_embed["cls_slot"] else " (no cls slot in the source: entry 0 = 0)")
+        return (f"backbone weights: {len(self.loaded)} tensors loaded, {len(self.missing)} missing {self.missing[:5]}, "
+                f"{len(self.unexpected)} unexpected {self.unexpected[:5]}, {len(self.mismatched)} shape-mismatched {self.mismatched[:3]}{pe}")  # fmt: skip
+
+
+def read_backbone_checkpoint(path) -> dict:
+    """State dict of a timm / ViTPose (mmcv `state_dict`) / HMR2.0 (Lightning `state_dict`) / MAE (`model`) checkpoint file."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - Lightning / mmcv checkpoints pickle configs next to the tensors
+        sd = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (nor one under 'state_dict' / 'model')")
+    return sd
+
+
+def backbone_key(key: str) -> str:
+    """Source key → our ViT key: prefixes `module.`, `model.`, `backbone.` stripped, ViTPose `last_norm.` → `norm.`."""
+    for prefix in _PREFIXES:
+        key = key.removeprefix(prefix)
+    return key.replace("last_norm.", "norm.")
+
+
+def load_backbone(module: nn.Module, state_dict: dict, strict: bool = True, src_grid: tuple[int, int] | None = None) -> BackboneReport:
+    """Load a timm / ViTPose / HMR2.0 ViT state dict into `module` (a `Regressor` or a `ViT`) → `BackboneReport` (also logged).
+
+    Key mapping (timm `VisionTransformer` names = ours, after `backbone_key`): `patch_embed.proj.*`,
+    `pos_embed` (1, [1+]N, dim), `blocks.{i}.norm1|norm2.*`, `blocks.{i}.attn.qkv.*`,
+    `blocks.{i}.attn.proj.*`, `blocks.{i}.mlp.fc1|fc2.*`, `norm.*`. A position embedding for another
+    token grid (`src_grid`, else inferred: our grid, else a square one; with a cls slot when N−1
+    fits, as in timm and ViTPose) is resized bicubically over the grid, entry 0 kept. Everything else (`cls_token`, heads, HMR2.0's `smpl_head.*`, ViTPose's `keypoint_head.*`)
+    is reported as unexpected; tensors of the wrong shape are not loaded and reported. `strict`:
+    raise if any of our keys is missing or mismatched.
     """
+    import logging
+
     vit = module.backbone if isinstance(module, Regressor) else module
     own = vit.state_dict()
-    out, ignored = {}, []
+    out, rep = {}, BackboneReport()
     for key, value in state_dict.items():
-        k = key
-        for prefix in ("module.", "model.", "backbone."):
-            k = k.removeprefix(prefix)
-        k = k.replace("last_norm.", "norm.")
+        k = backbone_key(key)
         if k not in own:
-            ignored.append(key)
+            rep.unexpected.append(key)
             continue
-        if k == "pos_embed" and value.shape != own[k].shape:
-            value = _resize_pos_embed(value, vit.patch_embed.grid)
+        if k == "pos_embed" and value.shape != own[k].shape and value.ndim == 3 and value.shape[-1] == own[k].shape[-1]:
+            value, rep.pos_embed = _resize_pos_embed(value, vit.patch_embed.grid, src_grid)
+        if value.shape != own[k].shape:
+            rep.mismatched.append((key, tuple(value.shape), tuple(own[k].shape)))
+            continue
         out[k] = value
-    missing = [k for k in own if k not in out]
-    if strict and missing:
-        raise KeyError(f"backbone state dict lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
+    rep.loaded = list(out)
+    rep.missing = [k for k in own if k not in out]
+    logging.getLogger("skelpgt.model.network").info(rep.summary())
+    if strict and (rep.missing or rep.mismatched):
+        raise KeyError(rep.summary())
     vit.load_state_dict(out, strict=False)
-    return ignored
+    return rep
 
 
-def _resize_pos_embed(pos: Tensor, grid: tuple[int, int]) -> Tensor:
-    first, rest = pos[:, :1], pos[:, 1:]
-    n = rest.shape[1]
-    side = round(math.sqrt(n))
-    if side * side != n:
-        raise ValueError(f"cannot resize a non-square position embedding of {n} tokens")
-    rest = rest.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    rest = nn.functional.interpolate(rest, size=grid, mode="bicubic", align_corners=False)
-    return torch.cat((first, rest.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)), dim=1)
+def _infer_grid(n: int, grid: tuple[int, int]) -> tuple[tuple[int, int], bool]:
+    """(source grid, has cls slot) of an n-entry position embedding: our grid ±cls, else a square grid +cls (timm), else without."""
+    own = grid[0] * grid[1]
+    for m, cls_slot in ((n - 1, True), (n, False)):
+        if m == own:
+            return grid, cls_slot
+    for m, cls_slot in ((n - 1, True), (n, False)):
+        side = math.isqrt(max(m, 0))
+        if side > 0 and side * side == m:
+            return (side, side), cls_slot
+    raise ValueError(f"cannot infer the token grid of a {n}-entry position embedding; pass src_grid=(rows, cols)")
+
+
+def _resize_pos_embed(pos: Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None) -> tuple[Tensor, dict]:
+    """Position embedding (1, [1+]N, dim) → (1, 1 + grid rows·cols, dim) by bicubic interpolation over the token grid."""
+    n = pos.shape[1]
+    if src_grid is not None:
+        cls_slot = n == 1 + src_grid[0] * src_grid[1]
+        if not cls_slot and n != src_grid[0] * src_grid[1]:
+            raise ValueError(f"pos_embed has {n} entries, not {src_grid[0]}×{src_grid[1]} (+1)")
+    else:
+        src_grid, cls_slot = _infer_grid(n, grid)
+    first = pos[:, :1] if cls_slot else pos.new_zeros(1, 1, pos.shape[-1])
+    rest = pos[:, 1:] if cls_slot else pos
+    rest = rest.reshape(1, src_grid[0], src_grid[1], -1).permute(0, 3, 1, 2)
+    rest = nn.functional.interpolate(rest.float(), size=grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    out = torch.cat((first, rest.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)), dim=1)
+    return out, {"from_grid": tuple(src_grid), "to_grid": tuple(grid), "cls_slot": cls_slot}

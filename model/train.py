@@ -41,6 +41,7 @@ from .network import (
     mean_pelvis_rotation,
     net_config,
     pelvis_frame,
+    read_backbone_checkpoint,
 )
 
 log = logging.getLogger("skelpgt.model.train")
@@ -130,9 +131,8 @@ def build_model(cfg: TrainConfig, body: BodyModel) -> Regressor:
     arch = dataclasses.replace(net_config(cfg.arch), token_head=cfg.weights.tokens > 0)
     model = Regressor(arch, mean_pelvis_rotation(body.skel))
     if cfg.backbone_weights:
-        sd = torch.load(cfg.backbone_weights, map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-        load_backbone(model, sd)
+        report = load_backbone(model, read_backbone_checkpoint(cfg.backbone_weights))
+        model.backbone_report = dataclasses.asdict(report)
     return model
 
 
@@ -244,7 +244,8 @@ def train(cfg: TrainConfig) -> dict:
     if bar is not None:
         bar.close()
     result = {"losses": losses, "terms": terms_log, "step": step, "checkpoint": str(ckpt) if ckpt else None,
-              "images_per_s": n_img * world / elapsed if elapsed > 0 else float("nan"), "rank": rank, "world": world}  # fmt: skip
+              "images_per_s": n_img * world / elapsed if elapsed > 0 else float("nan"), "rank": rank, "world": world,
+              "backbone_report": getattr(model.module if hasattr(model, "module") else model, "backbone_report", None)}  # fmt: skip
     if rank == 0:
         (out / "train_metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "terms"}, indent=1))
     return result

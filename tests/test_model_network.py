@@ -56,8 +56,8 @@ def test_configs_and_timm_backbone_loading():
     sd["backbone.cls_token"] = torch.zeros(1, 1, 64)
     sd["head.weight"] = torch.zeros(1000, 64)
     net = Regressor("vit-micro")
-    ignored = load_backbone(net, sd)
-    assert set(ignored) == {"backbone.cls_token", "head.weight"}
+    report = load_backbone(net, sd)
+    assert set(report.unexpected) == {"backbone.cls_token", "head.weight"}
     assert torch.equal(net.backbone.blocks[1].attn.qkv.weight, sd["backbone.blocks.1.attn.qkv.weight"])
     assert net.backbone.pos_embed.shape == (1, 1 + 16 * 12, 64)
     assert torch.equal(net.backbone.pos_embed[0, 0], sd["backbone.pos_embed"][0, 0])
