@@ -338,13 +338,29 @@ def open_release(
     `val_fraction` of images (by image key) for 'val' and the rest for 'train'. Extra keyword
     arguments go to `webdataset.WebDataset`.
     """
-    import webdataset as wds
-
     rdir = resolve_round(path, round)
     manifest = json.loads((rdir / MANIFEST).read_text(encoding="utf-8"))
     urls = [str(rdir / s["name"]) for s in manifest["shards"]]
     if not urls:
         raise ValueError(f"{rdir} holds no shards (every input was quarantined?)")
+    return open_shards(urls, min_quality=min_quality, per_person=per_person, split=split, val_fraction=val_fraction,
+                       shardshuffle=shardshuffle, image=image, **wds_kwargs)  # fmt: skip
+
+
+def open_shards(
+    urls: list[str],
+    *,
+    min_quality: float | None = None,
+    per_person: bool = False,
+    split: str | None = None,
+    val_fraction: float = 0.05,
+    shardshuffle: bool | int = False,
+    image: str = "rgb8",
+    **wds_kwargs,
+):
+    """HSMR-v1 / HMR2.0 tar paths (no manifest needed; our extra person fields optional) -> the pipeline of `open_release`."""
+    import webdataset as wds
+
     ds = wds.WebDataset(urls, shardshuffle=shardshuffle, **wds_kwargs)
     if split is not None:
         in_split("", split, val_fraction)  # validate arguments now, not lazily in a worker
