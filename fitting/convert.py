@@ -134,7 +134,9 @@ class Converter:
         from .smpl import load_smpl
 
         keypoints = KeypointRegressor.from_models_dir(models_dir)
-        return cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config, keypoints)
+        converter = cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config, keypoints)
+        converter.models_dir = models_dir  # lets callers load the other SMPL genders (fitting.genders)
+        return converter
 
     # -- public -----------------------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""Per-person SMPL gender: the same conversion run with the SMPL model of each person's gender.
+
+AMASS and other mocap sources say which SMPL body (male, female, neutral) a person's parameters
+belong to; the target mesh must come from that model, so persons are grouped by gender and each
+group converted with a Converter whose SMPL (and config digest) is that gender's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import torch
+from torch import Tensor
+
+from .convert import Converter
+
+_CACHE: "weakref.WeakKeyDictionary[Converter, dict[str, Converter]]" = weakref.WeakKeyDictionary()
+
+
+def converter_for_gender(converter: Converter, gender: str) -> Converter:
+    """`converter` with the SMPL model of `gender` ('' = the converter's own); loaded once per converter."""
+    if not gender or gender == converter.config.smpl_gender:
+        return converter
+    per = _CACHE.setdefault(converter, {})
+    if gender not in per:
+        models_dir = getattr(converter, "models_dir", None)
+        if models_dir is None:
+            raise ValueError(f"a person has SMPL gender {gender!r}: build the Converter with Converter.from_models_dir so that model can be loaded")
+        from .smpl import load_smpl
+
+        config = dataclasses.replace(converter.config, smpl_gender=gender)
+        per[gender] = Converter(load_smpl(models_dir, gender), converter.skel, config, converter.keypoints)
+        per[gender].models_dir = models_dir
+    return per[gender]
+
+
+def gender_groups(genders: list[str], default: str) -> dict[str, Tensor]:
+    """Row ids (long) per SMPL gender, '' rows counted under `default`; genders in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, g in enumerate(genders):
+        groups.setdefault(g or default, []).append(i)
+    return {g: torch.tensor(rows, dtype=torch.long) for g, rows in groups.items()}
