@@ -1,10 +1,22 @@
 """Training tensors from release persons (hsmr-pipeline.md §2): crop, augmentation, flips, validity.
 
-Per person sample of `open_release(..., per_person=True)` → dict of tensors:
+Sources (`DataConfig.release`, or `mix` entries): our releases or HSMR-v1 / HMR2.0-format tar sets
+(`sources.py`). Per person sample → dict of tensors:
   img (3,256,192) ImageNet-normalised, kp2d (44,3) normalised crop units (x_patch/256 − 0.5) +
   confidence, kp3d (44,4) camera frame (root-relative use only), q (46), betas (10), has_pose
-  (label valid: pve_max < 0.06, finite, max|β| ≤ 3), has_betas (always 1: invalid labels regress
-  β towards 0, §2.1 stage 15), flip, rot_deg.
+  (HSMR's label validity, `side_label`), has_betas (always 1: invalid labels regress β towards 0,
+  §2.1 stage 15), flip, rot_deg.
+
+Validity and filters are HSMR's `hsmr_v1` loader stages (§2.1), for every source alike:
+  6  NaN in a side's poses or betas → that array is zeroed;
+  8  the side is valid iff its pve_max is a number < 0.06 (a missing pve_max is an error, as in HSMR);
+  9  keypoint confidences < 0.3 → 0;  10/11  any |β| > 3 → invalid;
+  12 persons with ≤ 4 keypoints of confidence > 0 are dropped;  13 (bbox size) is disabled in HSMR;
+  14 persons whose extra_info.fitting_loss.reprojection_loss is ≥ 31 000 are dropped;
+  15 invalid sides regress β to 0 (has_betas = 1) with the pose unsupervised.
+HSMR quirk kept (stage 8 runs after 6): a NaN pose with a small pve_max trains as the zero pose;
+`source_counts` reports how often that happens (`*_nan_zeroed_valid`). The corrupt-key filter
+(stage 2: nine AIC image keys HSMR lists) is not reproduced.
 
 Geometry. Image pixel i has its centre at x = i (flip: x → W − 1 − x). The 256×256 patch covers
 the square of side S = bbox_size·scale_aug around the (shifted) centre c, rotated by rot_deg:
@@ -107,7 +119,8 @@ class DataConfig:
     max_abs_beta: float = 3.0
     kp_conf_floor: float = 0.3
     min_keypoints: int = 5
-    mix: tuple | None = None  # ((release, weight), ...): multi-release mixing instead of `release`
+    reprojection_max: float = 31000.0  # HMR2.0 SMPL-fit reprojection loss filter (§2.1 stage 14)
+    mix: tuple | None = None  # ((release or tar-set spec, weight), ...): mixing (HSMR's RandomMix) instead of `release`
     pelvis_frame: tuple | None = None  # F (3x3 nested) = network.pelvis_frame(skel); None = identity (train() fills it)
 
     def to_dict(self) -> dict:
@@ -214,12 +227,37 @@ def rotate_pelvis(q: np.ndarray, rot: np.ndarray, frame: np.ndarray | None = Non
     return out
 
 
-def label_valid(pve_max, betas, cfg: DataConfig) -> bool:
-    """§2.1 stages 8, 10, 11: finite pve_max below the threshold and max|β| ≤ 3."""
-    if pve_max is None:
-        return False
-    v = float(pve_max)
-    return bool(np.isfinite(v) and v < cfg.pve_valid and np.all(np.abs(betas) <= cfg.max_abs_beta))
+def side_label(sample: dict, side: str, cfg: DataConfig) -> tuple[bool, np.ndarray, np.ndarray, str]:
+    """HSMR's stages 6, 8, 10, 11 for side 'orig'|'flip' → (valid, poses (46,), betas (10,), status).
+
+    status: 'valid', 'valid_nan_zeroed' (stage 8 re-validates a zeroed NaN array), 'pve', 'betas'."""
+    q = np.asarray(sample[f"{side}_poses"], dtype=np.float64)
+    betas = np.asarray(sample[f"{side}_betas"], dtype=np.float64)
+    nan = False
+    if np.isnan(q).any():
+        q, nan = np.zeros_like(q), True
+    if np.isnan(betas).any():
+        betas, nan = np.zeros_like(betas), True
+    key = f"{side}_pve_max"
+    pve = sample.get(key)
+    if pve is None or isinstance(pve, (str, bytes)) or np.size(pve) != 1:
+        raise KeyError(f"{sample.get('__url__')}: person {sample.get('__key__')!r} has no numeric {key!r} (HSMR's loader needs it)")
+    pve = float(np.asarray(pve).reshape(()))
+    if not (pve < cfg.pve_valid):  # NaN → invalid
+        return False, q, betas, "pve"
+    if np.any(np.abs(betas) > cfg.max_abs_beta):
+        return False, q, betas, "betas"
+    return True, q, betas, "valid_nan_zeroed" if nan else "valid"
+
+
+def reprojection_loss(person: dict) -> float | None:
+    """HMR2.0's SMPL-fit loss from extra_info.fitting_loss (a 0-d object array wrapping a dict), or None."""
+    info = person.get("extra_info")
+    fl = info.get("fitting_loss") if isinstance(info, dict) else None
+    if isinstance(fl, np.ndarray) and fl.dtype == object and fl.ndim == 0:
+        fl = fl.item()
+    v = fl.get("reprojection_loss") if isinstance(fl, dict) else None
+    return None if v is None else float(np.asarray(v).reshape(()))
 
 
 def prepare_sample(sample: dict, aug: dict, cfg: DataConfig) -> dict:
@@ -236,9 +274,7 @@ def prepare_sample(sample: dict, aug: dict, cfg: DataConfig) -> dict:
     kp2[:, 2] = np.where(kp2[:, 2] < cfg.kp_conf_floor, 0.0, kp2[:, 2])
     kp3 = np.asarray(sample["keypoints_3d"], dtype=np.float64).copy()
     kp3[:, :2] = kp3[:, :2] @ rot.T
-    q = np.asarray(sample["orig_poses"], dtype=np.float64)
-    betas = np.asarray(sample["orig_betas"], dtype=np.float64)
-    valid = label_valid(sample.get("orig_pve_max"), betas, cfg) and np.all(np.isfinite(q))
+    valid, q, betas, _ = side_label(sample, "orig", cfg)
     if valid:
         q = rotate_pelvis(q, rot, cfg.pelvis_frame)
     else:
@@ -285,21 +321,59 @@ def _all_shards(src):
     yield from src
 
 
-def enough_keypoints(person: dict, cfg: DataConfig) -> bool:
+def drop_reason(person: dict, cfg: DataConfig) -> str | None:
+    """HSMR's person filters (§2.1 stages 12, 14): 'few_keypoints', 'reprojection', or None (kept)."""
     conf = np.asarray(person["keypoints_2d"])[:, 2]
-    return int((conf >= cfg.kp_conf_floor).sum()) >= cfg.min_keypoints
+    if int((conf >= cfg.kp_conf_floor).sum()) < cfg.min_keypoints:  # > 4 left after the 0.3 floor
+        return "few_keypoints"
+    loss = reprojection_loss(person)
+    if loss is not None and not loss < cfg.reprojection_max:
+        return "reprojection"
+    return None
+
+
+def _source_persons(cfg: DataConfig):
+    from .sources import open_source_persons
+
+    return open_source_persons(cfg.release, cfg.round, split=cfg.split, val_fraction=cfg.val_fraction, image=_lazy_image_handler,
+        nodesplitter=_all_shards, workersplitter=_all_shards, empty_check=False,
+    )  # fmt: skip
 
 
 def release_persons(cfg: DataConfig):
-    """One pass over the release's persons (ordered as stored), images decoded lazily."""
-    from skelpgt.datasets import open_release
-
-    ds = open_release(cfg.release, cfg.round, per_person=True, split=cfg.split, val_fraction=cfg.val_fraction, image=_lazy_image_handler,
-        nodesplitter=_all_shards, workersplitter=_all_shards, empty_check=False,
-    )  # fmt: skip
-    for s in ds:
-        if enough_keypoints(s, cfg):
+    """One pass over the source's kept persons (ordered as stored; a release or a tar set), images decoded lazily."""
+    for s in _source_persons(cfg):
+        if drop_reason(s, cfg) is None:
             yield s
+
+
+def count_persons(cfg: DataConfig) -> dict[str, int]:
+    """One pass over `cfg.release` (a release or tar set) → HSMR's decisions counted: persons = kept + dropped_*;
+    per side kept = valid + invalid_pve + invalid_betas (valid includes nan_zeroed_valid)."""
+    c = {"persons": 0, "kept": 0, "dropped_few_keypoints": 0, "dropped_reprojection": 0}
+    for side in ("orig", "flip"):
+        c.update({f"{side}_valid": 0, f"{side}_invalid_pve": 0, f"{side}_invalid_betas": 0, f"{side}_nan_zeroed_valid": 0})
+    for s in _source_persons(cfg):
+        c["persons"] += 1
+        why = drop_reason(s, cfg)
+        if why is not None:
+            c[f"dropped_{why}"] += 1
+            continue
+        c["kept"] += 1
+        for side in ("orig", "flip"):
+            valid, _, _, status = side_label(s, side, cfg)
+            c[f"{side}_valid" if valid else f"{side}_invalid_{status}"] += 1
+            c[f"{side}_nan_zeroed_valid"] += status == "valid_nan_zeroed"
+    return c
+
+
+def source_counts(cfg: DataConfig) -> dict[str, dict]:
+    """{source spec: `count_persons` counts (+ 'weight' when mixed)} for `cfg.release` or every `cfg.mix` source."""
+    import dataclasses
+
+    if not cfg.mix:
+        return {str(cfg.release): count_persons(cfg)}
+    return {str(p): dict(count_persons(dataclasses.replace(cfg, release=str(p), mix=None)), weight=float(w)) for p, w in cfg.mix}
 
 
 def _shuffled(it, rng: np.random.Generator, size: int):

@@ -52,6 +52,16 @@ def random_skel_people(models_dir, rng: np.random.Generator, n: int, pose_std: f
     return q, betas, kp3
 
 
+def _person_view(rng: np.random.Generator, kp3: np.ndarray, h: int, w: int):
+    """A crop camera for one person's keypoints (44,3): (box side px, centre (2,), translation (3,), kp2d (44,3) px, kp3d (44,4) camera frame)."""
+    size = float(rng.uniform(0.6, 0.8) * min(h, w))
+    center = np.array([rng.uniform(0.4, 0.6) * (w - 1), rng.uniform(0.4, 0.6) * (h - 1)])
+    t = np.array([rng.normal(0, 0.05), rng.normal(0, 0.05), 2 * FOCAL_NORMALISED / rng.uniform(0.8, 1.0)])
+    cam = kp3 + t
+    kp2 = np.concatenate((center + size * FOCAL_NORMALISED * cam[:, :2] / cam[:, 2:3], np.ones((44, 1))), axis=1)
+    return size, center, t, kp2, np.concatenate((cam, np.ones((44, 1))), axis=1)
+
+
 def make_skel_release(
     workdir: str | Path,
     models_dir: str | Path,
@@ -74,13 +84,7 @@ def make_skel_release(
     q, betas, kp3 = random_skel_people(models_dir, rng, n_images, pose_std)
     samples = []
     for i in range(n_images):
-        size = float(rng.uniform(0.6, 0.8) * min(h, w))
-        center = np.array([rng.uniform(0.4, 0.6) * (w - 1), rng.uniform(0.4, 0.6) * (h - 1)])
-        t = np.array([rng.normal(0, 0.05), rng.normal(0, 0.05), 2 * FOCAL_NORMALISED / rng.uniform(0.8, 1.0)])
-        cam = kp3[i] + t
-        xy_n = FOCAL_NORMALISED * cam[:, :2] / cam[:, 2:3]
-        kp2 = np.concatenate((center + size * xy_n, np.ones((44, 1))), axis=1)
-        kp3d = np.concatenate((cam, np.ones((44, 1))), axis=1)
+        size, center, t, kp2, kp3d = _person_view(rng, kp3[i], h, w)
         key = f"toy/{i:06d}"
         rec = PersonRecord(
             key=f"{key}_0", image_key=key, person_index=0, source_file="toy", image=b"", image_ext="png",
@@ -162,3 +166,55 @@ def make_eval_files(out: str | Path, models_dir: str | Path, n: int = 6, seed: i
              img_paths=np.array(paths), centers=mcenter, scales=np.stack((0.7 * msize, msize), 1),
              smpl=np.array({"global_orient": go, "body_pose": body, "betas": sb}, dtype=object), genders=np.array(["neutral"] * n))  # fmt: skip
     return {k: out / v for k, v in (("3dpw", "3dpw_test.npz"), ("coco", "coco_val.npz"), ("moyo", "moyo_v2.npz"), ("truth", "truth_3dpw.npz"), ("images", "images"))}
+
+
+def make_hsmr_tars(out: str | Path, models_dir: str | Path, persons_per_image: list[int], seed: int = 0, *,
+                   images_per_tar: int = 2, image_hw: tuple[int, int] = (200, 160), overrides: dict | None = None) -> list[Path]:  # fmt: skip
+    """HSMR-v1 training tars as HSMR released them (hsmr-pipeline.md §1.2, Appendix B), no manifest, none of our fields.
+
+    `out/000000.tar`, … hold `<key>.jpg` + `<key>.data.pyd` (a pickled list of person dicts with
+    keypoints_2d (44,3) / keypoints_3d (44,4) float32, center, scale (2,) ndarray (box/200), personid,
+    extra_info (fitting_loss as a 0-d object array), orig_/flip_ poses (46,) float32, betas, trans,
+    pve_max, pve_mean); keys `aic-train/<sha1>`. Person n (counted over the whole set) is a random SKEL
+    body seen exactly by its crop camera, its `personid` is n, and `overrides[n]` (a dict) replaces fields."""
+    import hashlib
+    import pickle
+    import tarfile
+
+    from PIL import Image
+    from skelpgt.fitting.mirror import mirror_pose, mirror_translation
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = image_hw
+    total = int(sum(persons_per_image))
+    q, betas, kp3 = random_skel_people(models_dir, rng, total)
+    n, paths = 0, []
+    for t0 in range(0, len(persons_per_image), images_per_tar):
+        path = out / f"{t0 // images_per_tar:06d}.tar"
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(t0, min(t0 + images_per_tar, len(persons_per_image))):
+                persons, all_kp = [], []
+                for _ in range(persons_per_image[i]):
+                    size, center, t, kp2, kp3d = _person_view(rng, kp3[n], h, w)
+                    fq = mirror_pose(torch.as_tensor(q[n][None]))[0].numpy()
+                    p = {"keypoints_2d": kp2.astype(np.float32), "keypoints_3d": kp3d.astype(np.float32), "center": center,
+                         "scale": np.array([size / 200.0] * 2), "personid": n,
+                         "extra_info": {"detection_npz_idx": 0, "fitting_loss": np.array({"reprojection_loss": 500.0}, dtype=object)},
+                         "orig_poses": q[n].astype(np.float32), "orig_betas": betas[n].astype(np.float32), "orig_trans": t.astype(np.float32),
+                         "flip_poses": fq.astype(np.float32), "flip_betas": betas[n].astype(np.float32), "flip_trans": mirror_translation(torch.as_tensor(t)).numpy().astype(np.float32),
+                         "orig_pve_max": 0.03, "flip_pve_max": 0.03, "orig_pve_mean": 0.01, "flip_pve_mean": 0.01}  # fmt: skip
+                    p.update((overrides or {}).get(n, {}))
+                    persons.append(p)
+                    all_kp.append(kp2)
+                    n += 1
+                key = "aic-train/" + hashlib.sha1(f"{seed}-{i}".encode()).hexdigest()
+                buf = io.BytesIO()
+                Image.open(io.BytesIO(_disc_image(rng, h, w, np.concatenate(all_kp)))).save(buf, format="JPEG", quality=95)
+                for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.data.pyd", pickle.dumps(persons))):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime = len(data), 0
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+    return paths

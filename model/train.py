@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataConfig, make_loader
+from .data import DataConfig, make_loader, source_counts
 from .losses import BodyModel, LossWeights, compute_losses
 from .network import (
     Regressor,
@@ -69,6 +69,7 @@ class TrainConfig:
     device: str | None = None
     backbone_weights: str | None = None
     progress: bool = False
+    count_sources: bool = True  # one extra pass over every source (pyd only) for HSMR's per-source validity counts
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -211,6 +212,9 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resumed from %s at step %d", resume_path, start)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sources = source_counts(cfg.data) if cfg.count_sources and rank == 0 else None
+    for spec, counts in (sources or {}).items():
+        log.info("source %s: %s", spec, json.dumps(counts))
     loader = make_loader(cfg.data, rank, world, start_batch=start, num_workers=cfg.num_workers)
     use_amp = cfg.amp and device.type == "cuda"
     losses, terms_log = [], []
@@ -245,7 +249,8 @@ def train(cfg: TrainConfig) -> dict:
         bar.close()
     result = {"losses": losses, "terms": terms_log, "step": step, "checkpoint": str(ckpt) if ckpt else None,
               "images_per_s": n_img * world / elapsed if elapsed > 0 else float("nan"), "rank": rank, "world": world,
-              "backbone_report": getattr(model.module if hasattr(model, "module") else model, "backbone_report", None)}  # fmt: skip
+              "backbone_report": getattr(model.module if hasattr(model, "module") else model, "backbone_report", None),
+              "sources": sources}  # fmt: skip
     if rank == 0:
         (out / "train_metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "terms"}, indent=1))
     return result
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("release")
+    ap.add_argument("release", help="release folder or HSMR-v1 tar set ('/data/aic/{000000..000209}.tar', a glob, a folder)")
     ap.add_argument("out_dir")
     ap.add_argument("--arch", default="vit-tiny")
     ap.add_argument("--steps", type=int, default=1000)
@@ -268,10 +273,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models-dir")
     ap.add_argument("--backbone-weights")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--mix", action="append", default=[], metavar="SOURCE=WEIGHT",
+                    help="another source (release folder or tar set) mixed with RELEASE (weight 1) by weight, HSMR's RandomMix; repeatable")
     a = ap.parse_args(argv)
+    extra = tuple((spec, float(w)) for spec, _, w in (m.rpartition("=") for m in a.mix))
+    mix = ((a.release, 1.0), *extra) if extra else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = TrainConfig(
-        data=DataConfig(release=a.release, batch_size=a.batch_size, seed=a.seed), out_dir=a.out_dir, arch=a.arch,
+        data=DataConfig(release=a.release, batch_size=a.batch_size, seed=a.seed, mix=mix), out_dir=a.out_dir, arch=a.arch,
         steps=a.steps, lr=a.lr, num_workers=a.workers, ckpt_every=a.ckpt_every, seed=a.seed, models_dir=a.models_dir,
         backbone_weights=a.backbone_weights, resume=a.resume, progress=True,
     )  # fmt: skip
