@@ -103,6 +103,8 @@ def read_smpl_params(z, require_betas: bool = True) -> SmplParams:
     """Open npz (np.load result) → SmplParams; SmplParamsError naming the field if it cannot be read."""
     body, layout, pose_field = _pose(z)
     n = body.shape[0]
+    if n == 0:
+        raise SmplParamsError(pose_field, "0 rows: nothing to convert")
     pose = np.zeros((n, SMPL_POSE), np.float32)
     pose[:, :BODY] = canonical_axis_angle(body.reshape(n, -1, 3)).reshape(n, BODY)
     files = set(z.files)

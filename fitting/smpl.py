@@ -37,7 +37,11 @@ def resolve_smpl_path(path: str | os.PathLike, gender: str = "neutral") -> Path:
         for ext in (".pkl", ".npz"):
             if (folder / (name + ext)).is_file():
                 return folder / (name + ext)
-    raise ModelFileError(f"{path}: no {name}.pkl or {name}.npz here or in {path / 'smpl'}")
+    present = [g for g in GENDERS if g != gender and any((f / f"SMPL_{g.upper()}{e}").is_file() for f in (path, path / "smpl") for e in (".pkl", ".npz"))]
+    if present:
+        have = " and ".join(f"SMPL_{g.upper()}" for g in present)
+        raise ModelFileError(f"{path} has {have} only: pass --smpl-gender {'|'.join(present)} (flow: smpl_gender), or add {name}.pkl")
+    raise ModelFileError(f"{path}: no {name}.pkl or {name}.npz here or in {path / 'smpl'}: point --models-dir (or $SKELPGT_MODELS_DIR) at a models folder")
 
 
 def read_smpl_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:

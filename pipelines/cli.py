@@ -6,11 +6,20 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="SMPL → SKEL pseudo ground truth: models, data, labels and releases.", no_args_is_help=True)
+from .errors import OneLineErrors
+
+app = typer.Typer(help="SMPL → SKEL pseudo ground truth: models, data, labels and releases.", no_args_is_help=True, cls=OneLineErrors)
 models_app = typer.Typer(help="Body-model files: make synthetic stand-ins, check a models directory.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(help="Datasets: render the synthetic one.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="On an error, show the full traceback (also: SKELPGT_DEBUG=1)."),
+) -> None:
+    """SMPL → SKEL pseudo ground truth. Errors print one line; exit 2 = bad input, 1 = failed run."""
 
 
 @models_app.command("make-synthetic")
@@ -43,46 +52,79 @@ def models_check(path: Path = typer.Argument(..., help="Models directory (real o
 
 @app.command("convert")
 def convert_npz(
-    input_npz: Path = typer.Argument(..., help="SMPL parameters: poses (N,72) or global_orient+body_pose, betas, trans."),
+    input_npz: Path = typer.Argument(..., help="SMPL parameters: poses (N,72|156|165), root_orient+pose_body (AMASS) or global_orient+body_pose; betas, trans."),
     output_npz: Path = typer.Argument(..., help="Where to write SKEL poses, betas, trans and fit metrics."),
     models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
     gender: str = typer.Option("male", help="SKEL gender to fit (SKEL has no neutral model)."),
-    smpl_gender: str = typer.Option("neutral", help="Gender of the SMPL labels (HMR2.0-style data is neutral)."),
+    smpl_gender: str = typer.Option("auto", help="SMPL gender of the parameters: auto = the file's 'gender' field (AMASS), else neutral; or neutral|male|female."),
     method: str = typer.Option("fast", help="fast | staged-lbfgs"),
-    batch: int = typer.Option(256, help="People per chunk (bounds memory)."),
+    batch: int = typer.Option(256, min=1, help="People per chunk (bounds memory)."),
     flip: bool = typer.Option(False, help="Also fit the mirrored person (flip_* keys)."),
-    sequence: bool = typer.Option(False, help="Rows are consecutive frames: remove 2π jumps between them."),
+    sequence: bool = typer.Option(False, help="Rows are consecutive frames of one person: continuous joint-angle curves (Euler branch nearest the previous frame, gimbal lock handled)."),
+    shared_betas: bool = typer.Option(False, help="With --sequence: one SKEL β for the whole sequence."),
 ) -> None:
     """Convert SMPL parameters in an npz file to SKEL, with per-person fit metrics."""
     import numpy as np
 
-    from skelpgt.fitting.convert import ConvertConfig, Converter
+    from skelpgt.fitting.convert import ConversionResult, ConvertConfig, Converter
+    from skelpgt.fitting.genders import converter_for_gender, gender_groups
+    from skelpgt.fitting.mirror import mirror_smpl_pose, mirror_translation
     from skelpgt.fitting.models import ensure_models_dir
+    from skelpgt.fitting.sequence import SequenceConfig, convert_sequence
 
+    if shared_betas and not sequence:
+        raise typer.BadParameter("--shared-betas needs --sequence")
+    if smpl_gender not in ("auto", "neutral", "male", "female"):
+        raise typer.BadParameter(f"--smpl-gender {smpl_gender!r}: choose auto, neutral, male or female")
     smpl = _read_smpl_npz(input_npz)
-    config = ConvertConfig(method=method, skel_gender=gender, smpl_gender=smpl_gender, chunk_size=batch)
-    converter = Converter.from_models_dir(ensure_models_dir(models_dir), config)
-    results = {"": converter.convert(**smpl, progress=True)}
+    n = len(smpl["pose"])
+    genders = smpl["genders"] if smpl_gender == "auto" else [smpl_gender] * n
+    groups = gender_groups(genders, "neutral")
+    if sequence and len(groups) > 1:
+        raise typer.BadParameter(f"{input_npz}: field 'gender': --sequence needs one person (one gender), found {sorted(groups)}")
+    config = ConvertConfig(method=method, skel_gender=gender, smpl_gender=next(iter(groups)), chunk_size=batch)
+    base = Converter.from_models_dir(ensure_models_dir(models_dir), config)
+    sides = {"": (smpl["pose"], smpl["trans"])}
     if flip:
-        from skelpgt.fitting.mirror import mirror_smpl_pose, mirror_translation
-
-        results["flip_"] = converter.convert(mirror_smpl_pose(smpl["pose"]), smpl["betas"], mirror_translation(smpl["trans"]), progress=True)
-    if sequence:
-        from skelpgt.fitting.limits import unwrap_angles
-
-        for r in results.values():
-            r.poses = unwrap_angles(r.poses, dim=0)
+        sides["flip_"] = (mirror_smpl_pose(smpl["pose"]), mirror_translation(smpl["trans"]))
+    order = _row_order(groups)
+    results, digests = {}, np.empty(n, dtype=object)
+    for prefix, (pose, trans) in sides.items():
+        parts = []
+        for g, rows in groups.items():
+            conv = converter_for_gender(base, g)
+            digests[rows.numpy()] = conv.config.digest()
+            if sequence:
+                parts.append(convert_sequence(conv, pose[rows], smpl["betas"][rows], trans[rows], SequenceConfig(shared_betas=shared_betas), progress=True))
+            else:
+                parts.append(conv.convert(pose[rows], smpl["betas"][rows], trans[rows], progress=True))
+        merged = ConversionResult.concat(parts)
+        for f in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err"):
+            setattr(merged, f, getattr(merged, f)[order])
+        merged.reason = [merged.reason[i] for i in order.tolist()]
+        results[prefix] = merged
     out = {}
     for prefix, r in results.items():
         out.update({prefix + k: getattr(r, k).numpy() for k in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err")})
         out[prefix + "reason"] = np.array(r.reason)
-    out["config_digest"] = np.array(config.digest())
+    # one digest when every row used the same SMPL gender, else one per row
+    out["config_digest"] = np.array(digests[0]) if len(groups) == 1 else digests.astype(str)
+    out["smpl_gender"] = np.array([g or "neutral" for g in genders])
+    if smpl["framerate"] is not None:
+        out["mocap_framerate"] = np.array(smpl["framerate"])
     output_npz.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_npz.with_name(output_npz.name + ".tmp.npz")
     np.savez(tmp, **out)
     tmp.replace(output_npz)
     ok = results[""].converged
     typer.echo(f"{output_npz}: {int(ok.sum())}/{len(ok)} converted, median pve_mean {results[''].pve_mean.nanmedian() * 1000:.1f} mm")
+
+
+def _row_order(groups: dict) -> "torch.Tensor":
+    """Inverse of concatenating row groups: index that puts group-ordered results back in row order."""
+    import torch
+
+    return torch.argsort(torch.cat(list(groups.values())))
 
 
 @data_app.command("make-synthetic")
@@ -273,28 +315,35 @@ def diff_cmd(
 
 
 def _read_smpl_npz(path: Path) -> dict:
-    """SMPL pose (N,72), betas (N,10), trans (N,3) tensors from an npz, with errors naming the key."""
+    """SMPL pose (N,72), betas (N,10), trans (N,3) tensors, per-row SMPL genders and frame rate from an npz (SMPL, SMPL-H, SMPL-X or AMASS layout)."""
     import numpy as np
     import torch
 
+    from skelpgt.datasets.smplparams import SmplParamsError, read_smpl_params
+
+    check_npz_file(path)
     with np.load(path, allow_pickle=False) as data:
-        keys = set(data.files)
-        if "poses" in keys:
-            pose = data["poses"]
-        elif {"global_orient", "body_pose"} <= keys:
-            pose = np.concatenate((data["global_orient"], data["body_pose"]), axis=1)
-        else:
-            raise typer.BadParameter(f"{path}: needs 'poses' (N,72) or 'global_orient' + 'body_pose'")
-        if pose.ndim != 2 or pose.shape[1] not in (72, 156):
-            raise typer.BadParameter(f"{path}: field 'poses' has shape {pose.shape}, expected (N, 72)")
-        if pose.shape[1] == 156:  # SMPL+H: body joints, hands zeroed
-            pose = np.concatenate((pose[:, :66], np.zeros((len(pose), 6), pose.dtype)), axis=1)
-        if "betas" not in keys:
-            raise typer.BadParameter(f"{path}: field 'betas' missing")
-        betas = np.broadcast_to(data["betas"][..., :10], (len(pose), 10))
-        trans = data["trans"] if "trans" in keys else np.zeros((len(pose), 3))
-    as_f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-    return {"pose": as_f32(pose), "betas": as_f32(betas), "trans": as_f32(trans)}
+        try:
+            params = read_smpl_params(data)
+        except SmplParamsError as err:
+            raise typer.BadParameter(f"{path}: {err}") from None
+    if len(params.pose) == 0:
+        raise typer.BadParameter(f"{path}: field {params.pose_field!r} has 0 rows: nothing to convert")
+    as_f32 = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731
+    return {"pose": as_f32(params.pose), "betas": as_f32(params.betas), "trans": as_f32(params.trans), "genders": params.genders, "framerate": params.framerate}
+
+
+def check_npz_file(path: Path) -> None:
+    """Raise a one-line error when `path` is missing or not an npz (zip) archive; np.load's own messages mislead."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a folder, expected an .npz file") from None
+    if head != b"PK\x03\x04":
+        raise ValueError(f"{path}: not an .npz archive (starts with {head!r}); write it with numpy.savez")
 
 
 def _report(problems: list[str]) -> int:

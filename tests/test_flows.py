@@ -82,7 +82,9 @@ def test_killed_run_resumes_to_the_same_release(prefect_api, sources, tmp_path):
     script = f"from skelpgt.pipelines.build import build_pseudo_gt; build_pseudo_gt(inputs=[{str(sources)!r}], workdir={str(workdir)!r}, batch_size=8)"
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
-    first = workdir / "work" / "synthetic" / "round-0" / "a.labels.npz"
+    from skelpgt.datasets.pseudo_gt import conversion_path
+
+    first = conversion_path(workdir, "synthetic", sources / "a.tar")
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
