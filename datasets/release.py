@@ -316,35 +316,14 @@ def in_split(image_key: str, split: str, val_fraction: float) -> bool:
     return is_val == (split == "val")
 
 
-def open_release(
-    path: str | os.PathLike,
-    round: int | None = None,
-    *,
-    min_quality: float | None = None,
-    per_person: bool = False,
-    split: str | None = None,
-    val_fraction: float = 0.05,
-    shardshuffle: bool | int = False,
-    image: str = "rgb8",
-    **wds_kwargs,
-):
-    """Release/round folder -> webdataset pipeline of decoded samples (default: latest round).
-
-    Per image: {'__key__', 'image' (H,W,3 uint8 for image='rgb8'), 'persons' (list of person
-    dicts with 'person_index'), 'round', 'release'}. With `per_person=True`: one sample per person,
-    keyed `<image key>_<index>`, with the person's fields at top level plus 'img_name' and 'image'.
-    `min_quality` (metres, e.g. 0.06 like HSMR) keeps only persons whose orig_pve_max is below it;
-    images left with no person are dropped. `split='train'|'val'` keeps a fixed, hash-chosen
-    `val_fraction` of images (by image key) for 'val' and the rest for 'train'. Extra keyword
-    arguments go to `webdataset.WebDataset`.
-    """
+def open_release(path: str | os.PathLike, round: int | None = None, **kw):
+    """Release/round folder -> webdataset pipeline of decoded samples (default: latest round); keywords of `open_shards`."""
     rdir = resolve_round(path, round)
     manifest = json.loads((rdir / MANIFEST).read_text(encoding="utf-8"))
     urls = [str(rdir / s["name"]) for s in manifest["shards"]]
     if not urls:
         raise ValueError(f"{rdir} holds no shards (every input was quarantined?)")
-    return open_shards(urls, min_quality=min_quality, per_person=per_person, split=split, val_fraction=val_fraction,
-                       shardshuffle=shardshuffle, image=image, **wds_kwargs)  # fmt: skip
+    return open_shards(urls, **kw)
 
 
 def open_shards(
@@ -358,7 +337,16 @@ def open_shards(
     image: str = "rgb8",
     **wds_kwargs,
 ):
-    """HSMR-v1 / HMR2.0 tar paths (no manifest needed; our extra person fields optional) -> the pipeline of `open_release`."""
+    """HSMR-v1 tar paths (a release's, or HSMR's own: no manifest needed, our extra person fields optional) -> pipeline.
+
+    Per image: {'__key__', 'image' (H,W,3 uint8 for image='rgb8'), 'persons' (list of person
+    dicts with 'person_index'), 'round', 'release'}. With `per_person=True`: one sample per person,
+    keyed `<image key>_<index>`, with the person's fields at top level plus 'img_name' and 'image'.
+    `min_quality` (metres, e.g. 0.06 like HSMR) keeps only persons whose orig_pve_max is below it;
+    images left with no person are dropped. `split='train'|'val'` keeps a fixed, hash-chosen
+    `val_fraction` of images (by image key) for 'val' and the rest for 'train'. Extra keyword
+    arguments go to `webdataset.WebDataset`.
+    """
     import webdataset as wds
 
     ds = wds.WebDataset(urls, shardshuffle=shardshuffle, **wds_kwargs)
