@@ -250,7 +250,7 @@ class LabelStore:
                         self.recovered = recover(self.path, durable=durable)
                     if not self.path.exists():
                         _init_file(self.path, durable)
-                    self._f = h5py.File(self.path, "a", locking=False)
+                    self._f = _open_h5(self.path, "a")
                     self._check_format(self._f)
                     if "source_digest" not in self._f["labels"]:
                         with self._dirty():
@@ -308,7 +308,7 @@ class LabelStore:
             sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             if self._rf is None or sig != self._rsig:
                 self._close_reader()
-                f = h5py.File(self.path, "r", locking=False)
+                f = _open_h5(self.path, "r")
                 try:
                     self._check_format(f)
                 except BaseException:
@@ -940,6 +940,17 @@ def _rows_to_dicts(cols: dict[str, np.ndarray]) -> list[dict]:
                 r[k] = v
         out.append(r)
     return out
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    """labels.h5 -> open h5py file; an unreadable one (truncated, not HDF5) -> ValueError naming the file and the fix."""
+    try:
+        return h5py.File(path, mode, locking=False)
+    except OSError as exc:
+        if not path.exists() or isinstance(exc, PermissionError):
+            raise
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path}: not a readable label store ({reason}); restore it from a copy, or rebuild round 0 in a new workdir") from exc
 
 
 def open_store(workdir_or_path: str | os.PathLike, mode: str = "r", **kw) -> LabelStore:

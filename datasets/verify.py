@@ -230,7 +230,7 @@ def _verify_round(rep: VerifyReport, rdir: Path, manifest: dict, store) -> None:
                     rep, store, np.asarray(ids_all, np.int64), keys_all, np.asarray(sides_all, dtype=object),
                     {k: np.stack(v).astype(np.float32) for k, v in arrays_all.items()}, manifest,
                 )  # fmt: skip
-            except OSError as exc:  # missing, unreadable or truncated labels.h5
+            except (OSError, ValueError) as exc:  # missing, unreadable or truncated labels.h5
                 rep.errors.append(f"label store {store}: {exc}")
         else:
             rep.checked["labels checked against store"] = 0
