@@ -459,10 +459,21 @@ def hsmr_regressors(body: SyntheticBody) -> tuple[np.ndarray, np.ndarray]:
     return mix, j19
 
 
-def make_synthetic_models(out: str | os.PathLike, tiny: bool = False, seed: int = 0) -> Path:
-    """Write a complete stand-in models directory (smpl/, skel/, hsmr/) to `out`; returns it."""
+FAMILIES = ("A", "B")
+
+
+def make_synthetic_models(out: str | os.PathLike, tiny: bool = False, seed: int = 0, family: str = "A") -> Path:
+    """Write a complete stand-in models directory (smpl/, skel/, hsmr/) of `family` ('A' or 'B',
+    independent constructions: see synthetic_b) to `out`; returns it."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown stand-in family {family!r}; choose one of {FAMILIES}")
     out = Path(out)
-    bodies = build_bodies(seed)
+    if family == "A":
+        bodies = build_bodies(seed)
+    else:
+        from .synthetic_b import build_bodies_b
+
+        bodies = build_bodies_b(seed)
     for gender, body in bodies.items():
         write_pickle_atomic(out / "smpl" / f"SMPL_{gender.upper()}.pkl", smpl_pickle(body))
         if gender != "neutral":
