@@ -27,12 +27,13 @@ def models_make_synthetic(
     out: Path = typer.Argument(..., help="Folder to write smpl/, skel/ and hsmr/ into."),
     tiny: bool = typer.Option(False, help="Small skeleton mesh (for tests); the skin stays 6890 vertices."),
     seed: int = typer.Option(0, help="Seed of the stand-in's pose blend shapes."),
+    family: str = typer.Option("A", help="Stand-in family: A, or B (another skin, SMPL regressor and skinning; see fitting/synthetic_b.py)."),
 ) -> None:
     """Write synthetic SMPL/SKEL/HSMR model files in the official formats."""
     from skelpgt.fitting.models import check_models_dir
     from skelpgt.fitting.synthetic import make_synthetic_models
 
-    make_synthetic_models(out, tiny=tiny, seed=seed)
+    make_synthetic_models(out, tiny=tiny, seed=seed, family=family.upper())
     problems = check_models_dir(out)
     if problems:
         raise typer.Exit(_report(problems))
