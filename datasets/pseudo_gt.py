@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from skelpgt.fitting.camera import normalise_keypoints
 from skelpgt.fitting.convert import Converter
+from skelpgt.fitting.genders import convert_by_gender
 
 from .atomic import atomic_write_bytes
 from .labelstore import LabelStore
@@ -112,7 +113,11 @@ def convert_source_shard(source: str | os.PathLike, converter: Converter, out: s
             torch.from_numpy(np.stack([r.center for r in labelled])),
             torch.from_numpy(np.stack([r.scale for r in labelled])),
         )
-        results = dict(zip(SIDES, converter.convert_with_flip(pose, betas, trans, keypoints_2d=kp)))
+        # each person's target mesh comes from the SMPL body of its own gender (AMASS says which)
+        sides, digests = convert_by_gender(
+            converter, [r.gender for r in labelled], lambda conv, rows: conv.convert_with_flip(pose[rows], betas[rows], trans[rows], keypoints_2d=kp[rows])
+        )
+        results = dict(zip(SIDES, sides))
         ok = results["orig"].converged & results["flip"].converged
         for i in torch.nonzero(~ok).flatten().tolist():
             reason = results["orig"].reason[i] or results["flip"].reason[i]
@@ -120,6 +125,8 @@ def convert_source_shard(source: str | os.PathLike, converter: Converter, out: s
         keep = torch.nonzero(ok).flatten()
         keys = [labelled[i].key for i in keep.tolist()]
         labels = {side: {f: getattr(r, f)[keep].numpy().astype(np.float32) for f in _LABEL_FIELDS} for side, r in results.items()}
+        for side in SIDES:  # the config each label was made with (its SMPL gender is part of it)
+            labels[side]["config_digest"] = np.array([digests[i] for i in keep.tolist()], dtype=str)
     result = ShardConversion(
         source=str(source), source_sha256=digest, config_digest=converter.config.digest(), code_version=version,
         keys=keys, labels=labels, quarantine=list(quarantine), n_in=counts.n_in,
@@ -151,6 +158,9 @@ def load_conversion(path: str | os.PathLike) -> ShardConversion | None:
             keys = [str(k) for k in z["keys"]]
             person_keys = [str(k) for k in z["person_keys"]]
             labels = {side: {f: z[f"{side}_{f}"] for f in _LABEL_FIELDS} for side in SIDES}
+            for side in SIDES:
+                if f"{side}_config_digest" in z.files:
+                    labels[side]["config_digest"] = z[f"{side}_config_digest"]
     except (OSError, ValueError, KeyError):  # absent, damaged or from an older version: recomputed
         return None
     quarantine = [QuarantineEntry(**d) for d in meta.pop("quarantine")]
@@ -201,7 +211,7 @@ def record_round0(store_path: str | os.PathLike, conversions: list[ShardConversi
                     "sample_key": conv.keys, "side": side, "round": 0, "producer": "convert",
                     "poses": lab["poses"], "betas": lab["betas"], "trans": lab["trans"],
                     "pve_mean": lab["pve_mean"], "pve_max": lab["pve_max"], "kp2d_err": lab["kp2d_err"],
-                    "limit_violation": lab["limit_violation"], "config_digest": conv.config_digest,
+                    "limit_violation": lab["limit_violation"], "config_digest": lab.get("config_digest", conv.config_digest),
                     "code_version": conv.code_version, "source_digest": conv.source_sha256,
                 }  # fmt: skip
                 label_ids = store.append(rows)

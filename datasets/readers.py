@@ -6,6 +6,7 @@ Readers never raise on bad samples: each rejected unit becomes exactly one `Quar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,10 @@ import numpy as np
 
 from .pyd import load_pyd
 from .quarantine import Quarantine, QuarantineEntry
+from .smplparams import SmplParamsError, read_smpl_params
 from .records import (
     IMAGE_EXTS,
-    N_BETAS,
     N_KEYPOINTS,
-    SMPL_POSE_DIM,
     PersonRecord,
     check_image_bytes,
     person_from_dict,
@@ -130,13 +130,6 @@ def read_hmr2_tar(
         sink.bad(QuarantineEntry("*", src, "tar", "empty: the archive holds no samples"))
 
 
-def _npz_column(z, names: Iterable[str]):
-    for n in names:
-        if n in z.files:
-            return n, z[n]
-    return None, None
-
-
 def _keypoints_from_npz(z, n: int, sink: _Sink, src: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(N,44,3) 2D and (N,44,4) 3D keypoints assembled from whichever npz keys exist (zeros otherwise)."""
     kp2d = np.zeros((n, N_KEYPOINTS, 3), np.float32)
@@ -176,8 +169,9 @@ def read_npz(
 
     `scale` is taken as bbox/200 like the HMR2 tars ((N,) -> (s, s)); pass `scale_in_pixels=True`
     for files that store pixels. Images are read from `image_root/imgname` when given; otherwise
-    records carry no image. SMPL+H/SMPL-X poses keep the first 66 values (root + 21 body joints)
-    and zero SMPL's two hand joints.
+    records carry no image. Pose layouts (SMPL, SMPL-H, SMPL-X, AMASS `root_orient`+`pose_body`):
+    see `smplparams`; an AMASS `gender` becomes the record's `gender` (the SMPL body its
+    parameters belong to) and, with `mocap_framerate`, goes into `extra_info`. Extreme β are kept.
     """
     sink = _Sink(quarantine, counts)
     src = os.fspath(path)
@@ -188,31 +182,15 @@ def read_npz(
         sink.bad(QuarantineEntry("*", src, "npz", f"unreadable: {type(exc).__name__}: {exc}"))
         return
     with z:
-        pname, pose = _npz_column(z, ("pose", "poses", "body_pose"))
-        if pose is None:
-            sink.bad(QuarantineEntry("*", src, "poses", "missing: npz has neither 'pose' nor 'poses'"))
+        try:
+            params = read_smpl_params(z, require_betas=False)
+        except SmplParamsError as err:
+            sink.bad(QuarantineEntry("*", src, err.field, err.reason))
             return
-        pose = np.asarray(pose)
-        if pose.ndim != 2 or pose.shape[1] not in (SMPL_POSE_DIM, 156, 165):
-            sink.bad(QuarantineEntry("*", src, pname, f"shape: got {pose.shape}, expected (N, 72), (N, 156) or (N, 165)"))
-            return
-        n = pose.shape[0]
-        if pose.shape[1] == SMPL_POSE_DIM:
-            body_pose = pose
-        else:
-            body_pose = np.zeros((n, SMPL_POSE_DIM), pose.dtype)
-            body_pose[:, :66] = pose[:, :66]
-        betas = np.asarray(z["betas"]) if "betas" in files else np.zeros((n, N_BETAS), np.float32)
-        if betas.ndim == 1:
-            betas = np.broadcast_to(betas[None, :], (n, betas.shape[0]))
-        if betas.ndim != 2 or betas.shape[0] != n or betas.shape[1] < N_BETAS:
-            sink.bad(QuarantineEntry("*", src, "betas", f"shape: got {betas.shape}, expected ({N_BETAS},) or ({n}, >={N_BETAS})"))
-            return
-        betas = betas[:, :N_BETAS]
-        trans = np.asarray(z["trans"]) if "trans" in files else np.zeros((n, 3), np.float32)
-        if trans.shape != (n, 3):
-            sink.bad(QuarantineEntry("*", src, "trans", f"shape: got {trans.shape}, expected ({n}, 3)"))
-            return
+        n = len(params.pose)
+        body_pose, betas, trans = params.pose, params.betas, params.trans
+        # kept in each person's extra_info (and so in the release): which SMPL body, what frame rate
+        extra = {"mocap_framerate": params.framerate} if params.framerate is not None else {}
         has_smpl = np.asarray(z["has_smpl"]) if "has_smpl" in files else np.ones(n, bool)
         center = np.asarray(z["center"], np.float64) if "center" in files else np.zeros((n, 2))
         scale = np.asarray(z["scale"], np.float64) if "scale" in files else np.zeros((n, 2))
@@ -260,8 +238,12 @@ def read_npz(
             "has_body_pose": has_smpl[i],
             "has_betas": has_smpl[i],
             "personid": pidx,
+            "extra_info": {**extra, "smpl_gender": params.genders[i]} if params.genders[i] else dict(extra),
         }
-        yield from sink.route(person_from_dict(d, image_key=image_key, person_index=pidx, source_file=src, image=image, image_ext=ext))
+        rec = person_from_dict(d, image_key=image_key, person_index=pidx, source_file=src, image=image, image_ext=ext)
+        if not isinstance(rec, QuarantineEntry) and params.genders[i]:
+            rec = dataclasses.replace(rec, gender=params.genders[i])
+        yield from sink.route(rec)
 
 
 def source_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:

@@ -77,6 +77,7 @@ class PersonRecord:
     has_betas: bool
     extra_info: dict = field(default_factory=dict)
     personid: int = 0
+    gender: str = ""  # SMPL body of the parameters: 'neutral' | 'male' | 'female'; '' = not given (the converter's default)
 
 
 @dataclass(frozen=True, eq=False)

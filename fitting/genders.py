@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .convert import Converter
+from .convert import ConversionResult, Converter
 
 _CACHE: "weakref.WeakKeyDictionary[Converter, dict[str, Converter]]" = weakref.WeakKeyDictionary()
 
@@ -41,3 +42,24 @@ def gender_groups(genders: list[str], default: str) -> dict[str, Tensor]:
     for i, g in enumerate(genders):
         groups.setdefault(g or default, []).append(i)
     return {g: torch.tensor(rows, dtype=torch.long) for g, rows in groups.items()}
+
+
+def convert_by_gender(
+    converter: Converter, genders: list[str], run: Callable[[Converter, Tensor], tuple[ConversionResult, ...]]
+) -> tuple[tuple[ConversionResult, ...], list[str]]:
+    """`run(converter of a gender, row ids)` per gender group → its results for all rows in row order, and each row's config digest."""
+    groups = gender_groups(genders, converter.config.smpl_gender)
+    outs, digests = [], [""] * len(genders)
+    for g, rows in groups.items():
+        conv = converter_for_gender(converter, g)
+        outs.append(run(conv, rows))
+        for i in rows.tolist():
+            digests[i] = conv.config.digest()
+    order = torch.argsort(torch.cat(list(groups.values())))
+    return tuple(take_rows(ConversionResult.concat(list(parts)), order) for parts in zip(*outs)), digests
+
+
+def take_rows(result: ConversionResult, index: Tensor) -> ConversionResult:
+    """The rows `index` (long) of a ConversionResult, in that order."""
+    tensors = {f.name: getattr(result, f.name)[index] for f in dataclasses.fields(result) if isinstance(getattr(result, f.name), Tensor)}
+    return dataclasses.replace(result, **tensors, reason=[result.reason[i] for i in index.tolist()])

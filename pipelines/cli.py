@@ -67,8 +67,8 @@ def convert_npz(
     """Convert SMPL parameters in an npz file to SKEL, with per-person fit metrics."""
     import numpy as np
 
-    from skelpgt.fitting.convert import ConversionResult, ConvertConfig, Converter
-    from skelpgt.fitting.genders import converter_for_gender, gender_groups
+    from skelpgt.fitting.convert import ConvertConfig, Converter
+    from skelpgt.fitting.genders import convert_by_gender, gender_groups
     from skelpgt.fitting.mirror import mirror_smpl_pose, mirror_translation
     from skelpgt.fitting.models import ensure_models_dir
     from skelpgt.fitting.sequence import SequenceConfig, convert_sequence
@@ -88,28 +88,21 @@ def convert_npz(
     sides = {"": (smpl["pose"], smpl["trans"])}
     if flip:
         sides["flip_"] = (mirror_smpl_pose(smpl["pose"]), mirror_translation(smpl["trans"]))
-    order = _row_order(groups)
-    results, digests = {}, np.empty(n, dtype=object)
-    for prefix, (pose, trans) in sides.items():
-        parts = []
-        for g, rows in groups.items():
-            conv = converter_for_gender(base, g)
-            digests[rows.numpy()] = conv.config.digest()
-            if sequence:
-                parts.append(convert_sequence(conv, pose[rows], smpl["betas"][rows], trans[rows], SequenceConfig(shared_betas=shared_betas), progress=True))
-            else:
-                parts.append(conv.convert(pose[rows], smpl["betas"][rows], trans[rows], progress=True))
-        merged = ConversionResult.concat(parts)
-        for f in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err"):
-            setattr(merged, f, getattr(merged, f)[order])
-        merged.reason = [merged.reason[i] for i in order.tolist()]
-        results[prefix] = merged
+
+    def run(conv, rows):
+        if sequence:
+            seq = SequenceConfig(shared_betas=shared_betas)
+            return tuple(convert_sequence(conv, pose[rows], smpl["betas"][rows], trans[rows], seq, progress=True) for pose, trans in sides.values())
+        return tuple(conv.convert(pose[rows], smpl["betas"][rows], trans[rows], progress=True) for pose, trans in sides.values())
+
+    parts, digests = convert_by_gender(base, [g or "neutral" for g in genders], run)
+    results = dict(zip(sides, parts))
     out = {}
     for prefix, r in results.items():
         out.update({prefix + k: getattr(r, k).numpy() for k in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err")})
         out[prefix + "reason"] = np.array(r.reason)
     # one digest when every row used the same SMPL gender, else one per row
-    out["config_digest"] = np.array(digests[0]) if len(groups) == 1 else digests.astype(str)
+    out["config_digest"] = np.array(digests[0]) if len(groups) == 1 else np.array(digests)
     out["smpl_gender"] = np.array([g or "neutral" for g in genders])
     if smpl["framerate"] is not None:
         out["mocap_framerate"] = np.array(smpl["framerate"])
@@ -119,13 +112,6 @@ def convert_npz(
     tmp.replace(output_npz)
     ok = results[""].converged
     typer.echo(f"{output_npz}: {int(ok.sum())}/{len(ok)} converted, median pve_mean {results[''].pve_mean.nanmedian() * 1000:.1f} mm")
-
-
-def _row_order(groups: dict) -> "torch.Tensor":
-    """Inverse of concatenating row groups: index that puts group-ordered results back in row order."""
-    import torch
-
-    return torch.argsort(torch.cat(list(groups.values())))
 
 
 @data_app.command("make-synthetic")
