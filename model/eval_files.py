@@ -193,7 +193,7 @@ def keypoint_errors(pred_kp: torch.Tensor, gt_kp3d: torch.Tensor) -> dict[str, t
 def _has_3d(f: EvalFile) -> np.ndarray:
     if f.kp3d is None:
         return np.zeros(len(f), bool)
-    return (f.kp3d[:, list(EVAL_14) + [39], 3] > 0).all(1)
+    return (f.kp3d[:, list(EVAL_14), 3] > 0).all(1)  # joint 39 is subtracted regardless, as HMR2's evaluator does
 
 
 @torch.no_grad()
