@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from . import hsmr_validity
 from .atomic import atomic_write_bytes, fsync_dir
 from .locks import FileLock
 from .quarantine import Quarantine, QuarantineEntry, read_quarantine
@@ -100,7 +101,10 @@ def shard_info_of(path: str | os.PathLike) -> ShardInfo:
     """Existing shard file -> ShardInfo (re-reads it: sha256, counts, label digest)."""
     p = Path(path)
     digest, n_s, n_p, n_l = shard_label_digest(p)
-    return ShardInfo(name=p.name, sha256=sha256_file(p), bytes=p.stat().st_size, samples=n_s, persons=n_p, labelled=n_l, label_digest=digest)
+    return ShardInfo(
+        name=p.name, sha256=sha256_file(p), bytes=p.stat().st_size, samples=n_s, persons=n_p, labelled=n_l, label_digest=digest,
+        hsmr_invalid=hsmr_validity.shard_counts(p),
+    )  # fmt: skip
 
 
 def build_manifest(
@@ -145,6 +149,8 @@ def build_manifest(
         },
         "quarantine": {"file": QUARANTINE, "sha256": quarantine_sha256, "by_kind": dict(sorted(by_kind.items()))},
         "label_digest": _combined_label_digest(shards),
+        # labels HSMR's training loader would drop (pve_max) or use without β (|β| > 3), by reason
+        "hsmr_invalid": hsmr_validity.summary(s.hsmr_invalid for s in shards),
         "config": cfg,
         "config_digest": config_digest(cfg),
         "code_version": str(code_version),

@@ -17,13 +17,15 @@ import struct
 import tarfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from .atomic import fsync_dir
+from .hsmr_validity import count_invalid
 from .pyd import dump_pyd, load_pyd
 from .quarantine import Quarantine, QuarantineEntry
 from .records import IMAGE_EXTS, N_BETAS, SKEL_POSE_DIM, PersonRecord, SkelLabel
@@ -113,6 +115,7 @@ class ShardInfo:
     persons: int
     labelled: int
     label_digest: str
+    hsmr_invalid: dict = field(default_factory=dict)  # labelled sides and HSMR-loader rejections by reason (hsmr_validity)
 
 
 _DIGEST_ARRAYS = tuple(f"{side}_{name}" for side in ("orig", "flip") for name in ("poses", "betas", "trans"))
@@ -225,6 +228,7 @@ class ShardWriter:
         self._n_bytes = 0
         self._n_samples = self._n_persons = self._n_labelled = 0
         self._label_h = hashlib.sha256()
+        self._hsmr_invalid: Counter = Counter()
 
     def _submit(self, fn, *args) -> Future:
         if self._failed is not None:
@@ -261,7 +265,7 @@ class ShardWriter:
         self._emit(b"\0" * (end + (-(self._n_bytes + end)) % tarfile.RECORDSIZE))
         partial = dict(
             name=self._name, bytes=self._n_bytes, samples=self._n_samples, persons=self._n_persons,
-            labelled=self._n_labelled, label_digest=self._label_h.hexdigest(),
+            labelled=self._n_labelled, label_digest=self._label_h.hexdigest(), hsmr_invalid=dict(self._hsmr_invalid),
         )  # fmt: skip
         self._pending.append(self._submit(self._commit, self._fh, self._hash, partial))
         self._fh = self._hash = None
@@ -307,6 +311,7 @@ class ShardWriter:
         self._n_samples += 1
         self._n_persons += len(sample.persons)
         self._n_labelled += _label_digest_update(self._label_h, sample.key, sample.persons)
+        count_invalid(sample.persons, self._hsmr_invalid)
         if self._n_samples >= self.samples_per_shard:
             self._finish()
 

@@ -178,6 +178,22 @@ def _summary_markdown(release_dir: Path, summary: dict, manifest: dict) -> str:
             f"| pve_mean | {pm[50]:.1f} | {pm[90]:.1f} | {pm[99]:.1f} |",
             f"| pve_max | {px[50]:.1f} | {px[90]:.1f} | {px[99]:.1f} |",
             "",
+            *_hsmr_invalid_markdown(manifest.get("hsmr_invalid")),
             f"label digest `{manifest.get('label_digest', '')}`",
         ]
     )
+
+
+def _hsmr_invalid_markdown(entry: dict | None) -> list[str]:
+    """The manifest's count of labels HSMR's loader would drop, as a small table (nothing if absent)."""
+    if not entry:
+        return []
+    reasons = entry["by_reason"]
+    return [
+        f"HSMR's loader would treat {entry['invalid']} of {entry['labels']} labels (orig + flip sides) as invalid:",
+        "",
+        "| " + " | ".join(reasons) + " |",
+        "|" + "---|" * len(reasons),
+        "| " + " | ".join(str(v) for v in reasons.values()) + " |",
+        "",
+    ]
