@@ -260,6 +260,11 @@ def reprojection_loss(person: dict) -> float | None:
     return None if v is None else float(np.asarray(v).reshape(()))
 
 
+def imagenet_normalise(img: Tensor) -> Tensor:
+    """Pixels (…,3,H,W) in 0…255 → (x/255 − mean)/std with ImageNet's mean and std (§2.3 step 5)."""
+    return (img / 255.0 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
 def prepare_sample(sample: dict, aug: dict, cfg: DataConfig) -> dict:
     """One person sample + augmentation → training tensors (see module docstring)."""
     if aug["flip"]:
@@ -268,8 +273,7 @@ def prepare_sample(sample: dict, aug: dict, cfg: DataConfig) -> dict:
     c, side, rot = crop_geometry(sample, aug)
     img = crop_image(image, c, side, rot)
     colour = torch.as_tensor(np.asarray(aug["colour"]), dtype=torch.float32)[:, None, None]
-    img = (img * colour).clamp(0, 255) / 255.0
-    img = (img - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    img = imagenet_normalise((img * colour).clamp(0, 255))
     kp2 = transform_keypoints_2d(np.asarray(sample["keypoints_2d"]), c, side, rot)
     kp2[:, 2] = np.where(kp2[:, 2] < cfg.kp_conf_floor, 0.0, kp2[:, 2])
     kp3 = np.asarray(sample["keypoints_3d"], dtype=np.float64).copy()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, crop_image, transform_keypoints_2d
+from .data import crop_image, imagenet_normalise
 from .losses import BodyModel, projected_keypoints
 from .metrics import EVAL_14, limit_violation_rates, mpjpe, pa_mpjpe, pck
 
@@ -147,8 +147,7 @@ def load_crops(f: EvalFile, idx: np.ndarray, images_root: str | Path) -> torch.T
             raise FileNotFoundError(f"{f.path}: image {f.images[i]!r} of person {i} not found under {images_root}")
         img = np.asarray(Image.open(p).convert("RGB"))
         out.append(crop_image(img, f.center[i], float(side[j]), np.eye(2)))
-    x = torch.stack(out) / 255.0
-    return ((x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]).float()
+    return imagenet_normalise(torch.stack(out)).float()
 
 
 class _Moyo:
@@ -227,7 +226,7 @@ def evaluate_files(predict_fn, files: list[EvalFile], images_root, models_dir, *
                 per.setdefault(k, []).append(e)
         m = {k: float(torch.cat(v).mean()) for k, v in per.items()}
         if f.kp2d is not None:
-            gt2 = np.stack([transform_keypoints_2d(f.kp2d[i], f.center[i], side[i], np.eye(2)) for i in range(n)])
+            gt2 = np.concatenate(((f.kp2d[:n, :, :2] - f.center[:n, None]) / side[:n, None, None], f.kp2d[:n, :, 2:]), 2)  # crop units
             p2 = torch.cat(proj).double()
             ex = torch.from_numpy(expand[:n])
             m["pck05"] = float(pck(p2, torch.from_numpy(gt2), 0.05, ex))
