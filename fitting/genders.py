@@ -61,5 +61,12 @@ def convert_by_gender(
 
 def take_rows(result: ConversionResult, index: Tensor) -> ConversionResult:
     """The rows `index` (long) of a ConversionResult, in that order."""
-    tensors = {f.name: getattr(result, f.name)[index] for f in dataclasses.fields(result) if isinstance(getattr(result, f.name), Tensor)}
-    return dataclasses.replace(result, **tensors, reason=[result.reason[i] for i in index.tolist()])
+    rows = index.tolist()
+    picked = {}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if isinstance(value, Tensor):
+            picked[f.name] = value[index]
+        elif isinstance(value, list):  # per-row strings: reason, flags
+            picked[f.name] = [value[i] for i in rows]
+    return dataclasses.replace(result, **picked)

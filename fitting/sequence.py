@@ -33,7 +33,6 @@ from .lm import NUM_KINEMATIC, levenberg_marquardt, linearize_skin
 from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS
 from .smpl import smpl_forward
 
-_TENSOR_FIELDS = ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err")
 # Ball joints whose three DOFs only rotate (spine and scapula DOFs also translate their joint).
 BALL_JOINTS = (0, 1, 6, 15, 20)  # pelvis, femur_r, femur_l, humerus_r, humerus_l
 
@@ -86,7 +85,11 @@ def continuous_dofs(q: Tensor, steps: Tensor, config: SequenceConfig = SequenceC
     dofs = ball_joint_dofs()
     sigma = _lock_sign(dofs)
     limit = config.rate_factor * steps.double().numpy()[:, list(BALL_JOINTS)] + math.radians(config.rate_margin_deg)
-    prev = raw[0][dofs]  # (5,3) first frame as converted
+    prev = raw[0][dofs]  # (5,3) first frame: principal branch (|q1| ≤ 90°), angles in [−π, π]
+    far = np.cos(prev[:, 1]) < 0
+    prev[far] = prev[far] + np.array([math.pi, 0.0, math.pi])
+    prev[far, 1] = math.pi - prev[far, 1]
+    prev = _nearest_turn(prev, np.zeros_like(prev))
     out[0][dofs] = prev
     for t in range(1, raw.shape[0]):  # sequential by nature: each frame follows the previous one
         a = raw[t][dofs]
@@ -161,7 +164,7 @@ def convert_sequence(
     pose = torch.as_tensor(pose, dtype=torch.float32)
     trans = torch.zeros(pose.shape[0], 3) if trans is None else torch.as_tensor(trans, dtype=torch.float32)
     res = converter.convert(pose, betas, trans, progress=progress) if independent is None else independent
-    res = dataclasses.replace(res, **{f: getattr(res, f).clone() for f in _TENSOR_FIELDS})
+    res = dataclasses.replace(res, **{f.name: getattr(res, f.name).clone() for f in dataclasses.fields(res) if isinstance(getattr(res, f.name), Tensor)})
     ok = res.converged
     if int(ok.sum()) < 1:
         return res
