@@ -177,7 +177,7 @@ def lineage_cmd(
     from skelpgt.datasets import format_lineage, lineage
 
     if not (workdir / "labels.h5").is_file() and not workdir.is_file():
-        raise typer.Exit(_report([f"{workdir}: no labels.h5 here"]))
+        raise FileNotFoundError(f"{workdir}: no labels.h5 here (give the workdir of a build)")
     typer.echo(format_lineage(lineage(workdir, key), key))
 
 

@@ -47,3 +47,16 @@ def _isolated_user_dirs(tmp_path_factory, models_dir):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the probe table of tests/test_probes.py (probe → exit code → first message line → nothing lost)."""
+    rows = config.__dict__.get("_skelpgt_probes")
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("probe table")
+    tr.write_line("| probe | exit | first message line | nothing lost | checked |")
+    tr.write_line("|---|---|---|---|---|")
+    for name, code, first, ok, checked in rows:
+        tr.write_line(f"| {name} | {code} | {first.replace('|', '/')} | {ok} | {checked} |")
