@@ -95,3 +95,20 @@ def test_vitpose_h_layout_fits_vit_h():
         report = load_backbone(vit, sd)
     assert report.missing == [] and report.mismatched == [] and report.pos_embed is None
     assert report.unexpected == ["keypoint_head.final_layer.weight"] and len(report.loaded) == 5 + 32 * 12
+
+
+def test_training_records_the_report(models_dir, tmp_path, caplog):
+    import logging
+
+    from skelpgt.model.data import DataConfig
+    from skelpgt.model.losses import BodyModel
+    from skelpgt.model.train import TrainConfig, build_model
+
+    src = _source(VIT_CONFIGS["vit-micro"].backbone, seed=3)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in src.items()} | {"smpl_head.x": torch.zeros(1)}}, tmp_path / "hmr2.ckpt")
+    cfg = TrainConfig(data=DataConfig(), out_dir=str(tmp_path), arch="vit-micro", backbone_weights=str(tmp_path / "hmr2.ckpt"))
+    with caplog.at_level(logging.INFO, logger="skelpgt.model.network"):
+        model = build_model(cfg, BodyModel(models_dir))
+    assert model.backbone_report["unexpected"] == ["smpl_head.x"] and model.backbone_report["missing"] == []
+    assert any("1 unexpected ['smpl_head.x']" in m for m in caplog.messages)
+    assert torch.equal(model.backbone.blocks[1].attn.qkv.weight, src["blocks.1.attn.qkv.weight"])
