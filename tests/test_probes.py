@@ -525,3 +525,33 @@ def test_no_warning_or_error_line_on_the_normal_path(tmp_path, probe):
     noisy = [ln for ln in res.stderr.splitlines() if "Warning" in ln or "ERROR" in ln]
     probe("convert: normal path output", res.returncode, res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr[-200:], not noisy, "no warning or ERROR line")
     assert res.returncode == 0 and not noisy, noisy
+
+
+_REFINE_SCRIPT = """
+import sys
+from skelpgt.datasets.refine import refine_round
+from skelpgt.fitting.keypoints import KeypointRegressor
+from skelpgt.fitting.skel import SKEL
+from skelpgt.fitting.skelify import Skelify, SkelifyConfig
+m = sys.argv[1]
+refine_round(sys.argv[2], "r", 0, Skelify(SKEL.from_file(m), KeypointRegressor.from_models_dir(m), SkelifyConfig(iterations=1)), batch_size=8)
+"""
+
+
+def test_two_refines_at_once_give_one_round(built, models_dir, tmp_path, probe):
+    wd = tmp_path / "w"
+    shutil.copytree(built / "w", wd)
+    round0 = tree_bytes(wd / "releases" / "r" / "round-0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _REFINE_SCRIPT, str(models_dir), str(wd)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    ok, why = nothing_lost(wd, round=1)
+    with LabelStore(wd / "labels.h5") as st:
+        rows = st.rows_of_round(1, ("sample_key", "side", "producer"))
+    made = [(k, s) for k, s, p in zip(rows["sample_key"], rows["side"], rows["producer"]) if p == "skelify"]
+    once = len(made) == len(set(made)) > 0
+    same0 = tree_bytes(wd / "releases" / "r" / "round-0") == round0
+    first = next((e.strip().splitlines()[-1] for _, e in outs if e.strip() and max(codes)), "both exit 0")
+    probe("two refines at once", max(codes), first, ok and once and same0, why + "; each label refined once; round 0 byte-identical")
+    assert codes == [0, 0] and ok and once and same0
