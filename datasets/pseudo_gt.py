@@ -28,6 +28,7 @@ import torch
 from skelpgt.fitting.camera import normalise_keypoints
 from skelpgt.fitting.convert import Converter
 from skelpgt.fitting.genders import convert_by_gender
+from skelpgt.fitting.sequence import convert_sequence_with_flip
 
 from .atomic import atomic_write_bytes
 from .labelstore import LabelStore
@@ -113,10 +114,12 @@ def convert_source_shard(source: str | os.PathLike, converter: Converter, out: s
             torch.from_numpy(np.stack([r.center for r in labelled])),
             torch.from_numpy(np.stack([r.scale for r in labelled])),
         )
+        # A mocap file (AMASS: a frame rate, one person's frames in order) is converted as a
+        # sequence, so its joint-angle curves are continuous.
+        sequence = all("mocap_framerate" in r.extra_info for r in labelled)
+        fit = convert_sequence_with_flip if sequence else lambda conv, *args, keypoints_2d: conv.convert_with_flip(*args, keypoints_2d=keypoints_2d)
         # each person's target mesh comes from the SMPL body of its own gender (AMASS says which)
-        sides, digests = convert_by_gender(
-            converter, [r.gender for r in labelled], lambda conv, rows: conv.convert_with_flip(pose[rows], betas[rows], trans[rows], keypoints_2d=kp[rows])
-        )
+        sides, digests = convert_by_gender(converter, [r.gender for r in labelled], lambda conv, rows: fit(conv, pose[rows], betas[rows], trans[rows], keypoints_2d=kp[rows]))
         results = dict(zip(SIDES, sides))
         ok = results["orig"].converged & results["flip"].converged
         for i in torch.nonzero(~ok).flatten().tolist():

@@ -51,10 +51,9 @@ def convert_by_gender(
     groups = gender_groups(genders, converter.config.smpl_gender)
     outs, digests = [], [""] * len(genders)
     for g, rows in groups.items():
-        conv = converter_for_gender(converter, g)
-        outs.append(run(conv, rows))
+        outs.append(run(converter_for_gender(converter, g), rows))
         for i in rows.tolist():
-            digests[i] = conv.config.digest()
+            digests[i] = outs[-1][0].config_digest
     order = torch.argsort(torch.cat(list(groups.values())))
     return tuple(take_rows(ConversionResult.concat(list(parts)), order) for parts in zip(*outs)), digests
 

@@ -19,6 +19,8 @@ shares β too) is held fixed in step 3. Frames: SMPL's (metres, y up).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ from torch import Tensor
 from .convert import ConversionResult, Converter
 from .limits import limit_violation, unwrap_angles, wrap_angles
 from .lm import NUM_KINEMATIC, levenberg_marquardt, linearize_skin
+from .mirror import mirror_smpl_pose, mirror_translation
 from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS
 from .smpl import smpl_forward
 
@@ -165,6 +168,7 @@ def convert_sequence(
     trans = torch.zeros(pose.shape[0], 3) if trans is None else torch.as_tensor(trans, dtype=torch.float32)
     res = converter.convert(pose, betas, trans, progress=progress) if independent is None else independent
     res = dataclasses.replace(res, **{f.name: getattr(res, f.name).clone() for f in dataclasses.fields(res) if isinstance(getattr(res, f.name), Tensor)})
+    res.config_digest = sequence_digest(converter.config.digest(), config)
     ok = res.converged
     if int(ok.sum()) < 1:
         return res
@@ -198,6 +202,23 @@ def convert_sequence(
     res.poses[rows], res.betas[rows], res.trans[rows] = q, b, t
     res.limit_violation[rows] = limit_violation(wrap_angles(q), bounds=converter.bounds)
     return res
+
+
+def convert_sequence_with_flip(
+    converter: Converter, pose: Tensor, betas: Tensor, trans: Tensor, config: SequenceConfig = SequenceConfig(), keypoints_2d: Tensor | None = None
+) -> tuple[ConversionResult, ConversionResult]:
+    """A sequence (T,72) and its mirror image, each with continuous DOF curves; kp2d_err is the per-frame fit's."""
+    orig, flip = converter.convert_with_flip(pose, betas, trans, keypoints_2d=keypoints_2d)
+    return (
+        convert_sequence(converter, pose, betas, trans, config, independent=orig),
+        convert_sequence(converter, mirror_smpl_pose(pose), betas, mirror_translation(trans), config, independent=flip),
+    )
+
+
+def sequence_digest(config_digest: str, config: SequenceConfig) -> str:
+    """Digest of a conversion config plus the sequence pass's settings (its labels' numbers depend on both)."""
+    blob = json.dumps({"convert": config_digest, "sequence": dataclasses.asdict(config)}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _chunks(n: int, size: int) -> list[slice]:
