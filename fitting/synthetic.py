@@ -148,13 +148,22 @@ def skinning_weights(
     n, nj = dist.shape
     weights = np.zeros((n, nj))
     weights[np.arange(n), dist.argmin(1)] = 1.0
+    return diffuse_weights(mesh, weights, joint_mirror, smoothing)
+
+
+def diffuse_weights(
+    mesh: BodyMesh, weights: np.ndarray, joint_mirror: tuple[int, ...], smoothing: int, floor: float = 1e-4, relative: bool = False
+) -> np.ndarray:
+    """(N,J) weights random-walk diffused over the mesh `smoothing` times, 4 kept per vertex, those
+    under `floor` (× the row's largest if `relative`) dropped, rows summing to 1, mirror-averaged."""
+    n = len(weights)
     adj = _mesh_adjacency(mesh.faces, n)
     walk = sp.diags(1.0 / (adj.sum(1).A1 + 1.0)) @ (adj + sp.eye(n))
     for _ in range(smoothing):
         weights = walk @ weights
     drop = np.argsort(weights, axis=1)[:, :-4]
     np.put_along_axis(weights, drop, 0.0, axis=1)
-    weights[weights < 1e-4] = 0.0
+    weights[weights < (floor * weights.max(1, keepdims=True) if relative else floor)] = 0.0
     weights /= weights.sum(1, keepdims=True)
     # Averaged with the mirror image last, so truncation ties cannot break the symmetry.
     return 0.5 * (weights + weights[mesh.mirror][:, list(joint_mirror)])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.optimize
-import scipy.sparse as sp
 from scipy.spatial.transform import Rotation
 
 from .bodymesh import BodyMesh, _vertex_normals, build_body_mesh
@@ -33,8 +32,8 @@ from .synthetic import (
     SMPL_PARENTS,
     SyntheticBody,
     _distance_to_segments,
-    _mesh_adjacency,
     _segments,
+    diffuse_weights,
     pose_directions,
     shape_directions,
     skel_joint_targets,
@@ -113,17 +112,7 @@ def heat_weights(mesh: BodyMesh, starts: np.ndarray, ends: np.ndarray, joint_mir
     """(N,J) soft LBS weights ∝ exp(−d²/σ²) of the distance to each bone, 4 kept, smoothed, mirrored."""
     dist, _ = _distance_to_segments(mesh.verts, starts, ends)
     logits = -((dist - dist.min(1, keepdims=True)) / sigma) ** 2
-    weights = np.exp(logits)
-    n = len(mesh.verts)
-    adj = _mesh_adjacency(mesh.faces, n)
-    walk = sp.diags(1.0 / (adj.sum(1).A1 + 1.0)) @ (adj + sp.eye(n))
-    for _ in range(smoothing):
-        weights = walk @ weights
-    drop = np.argsort(weights, axis=1)[:, :-4]
-    np.put_along_axis(weights, drop, 0.0, axis=1)
-    weights[weights < 1e-3 * weights.max(1, keepdims=True)] = 0.0
-    weights /= weights.sum(1, keepdims=True)
-    return 0.5 * (weights + weights[mesh.mirror][:, list(joint_mirror)])
+    return diffuse_weights(mesh, np.exp(logits), joint_mirror, smoothing, floor=1e-3, relative=True)
 
 
 def build_bodies_b(seed: int = 0) -> dict[str, SyntheticBody]:

@@ -16,6 +16,14 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def models_dir_b(tmp_path_factory):
+    """Family B of the stand-ins (another skin, SMPL regressor and skinning), tiny skeleton mesh."""
+    from skelpgt.fitting.synthetic import make_synthetic_models
+
+    return make_synthetic_models(tmp_path_factory.mktemp("models_b"), tiny=True, family="B")
+
+
+@pytest.fixture(scope="session")
 def skel_model(models_dir):
     from skelpgt.fitting.skel import SKEL
 

@@ -17,6 +17,28 @@ from skelpgt.fitting.synthetic import SKEL_JOINT_MIRROR
 MIRROR_X = torch.tensor([-1.0, 1.0, 1.0])
 
 
+@pytest.fixture(scope="module", params=["A", "B"])
+def family_dir(request, models_dir, models_dir_b):
+    """The models directory of each stand-in family."""
+    return {"A": models_dir, "B": models_dir_b}[request.param]
+
+
+@pytest.fixture(scope="module")
+def skel_model(family_dir):
+    """The male SKEL of each stand-in family (overrides conftest's family-A one in this module)."""
+    return SKEL.from_file(family_dir, gender="male")
+
+
+@pytest.fixture(scope="module")
+def vertex_mirror(skel_model):
+    from scipy.spatial import cKDTree
+
+    v = skel_model.v_template.double().numpy()
+    dist, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
+    assert dist.max() < 1e-6, "stand-in template is not mirror-symmetric"
+    return torch.from_numpy(idx)
+
+
 def _subtree(joint: int) -> set[int]:
     out = {joint}
     for j in range(1, 24):  # parents precede children
@@ -44,8 +66,9 @@ def test_rest_joints_are_regressed_from_shaped_skin(skel_model):
     _, betas, _ = _random(3, seed=1)
     out = skel_model(torch.zeros(3, 46), betas)
     expected = torch.einsum("jv,bvc->bjc", skel_model.J_regressor_osim, out.v_shaped)
-    torch.testing.assert_close(out.joints, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.joints_tpose, expected, atol=1e-6, rtol=0)
+    # float32: family B's regressor rows sum a few hundred vertices, in another order than the einsum
+    torch.testing.assert_close(out.joints, expected, atol=3e-6, rtol=0)
+    torch.testing.assert_close(out.joints_tpose, expected, atol=3e-6, rtol=0)
 
 
 @pytest.mark.parametrize("dof", range(NUM_DOFS))
@@ -188,10 +211,10 @@ def test_rejects_wrong_input_shapes(skel_model):
         skel_model(torch.zeros(2, 45), torch.zeros(2, 10))
 
 
-def test_matches_a_literal_float64_reading_of_the_spec(models_dir, skel_model):
+def test_matches_a_literal_float64_reading_of_the_spec(family_dir, skel_model):
     from skel_reference import reference_forward
 
-    data = load_model_pickle(models_dir / "skel" / "skel_male.pkl")
+    data = load_model_pickle(family_dir / "skel" / "skel_male.pkl")
     poses, betas, trans = _random(3, seed=6, scale=0.8)
     out = skel_model(poses, betas * 1.5, trans)
     for i in range(3):

@@ -19,6 +19,12 @@ from skelpgt.fitting.smpl import load_smpl, read_smpl_arrays, smpl_forward
 from skelpgt.pipelines.cli import app
 
 
+@pytest.fixture(params=["A", "B"])
+def family_dir(request, models_dir, models_dir_b):
+    """The models directory of each stand-in family."""
+    return {"A": models_dir, "B": models_dir_b}[request.param]
+
+
 def _pickle_with_fake_chumpy(arrays: dict, path) -> None:
     """Write `arrays` as the official SMPL pickles do: big arrays wrapped in chumpy.ch.Ch objects."""
     chumpy = types.ModuleType("chumpy")
@@ -39,7 +45,8 @@ def _pickle_with_fake_chumpy(arrays: dict, path) -> None:
         del sys.modules["chumpy"], sys.modules["chumpy.ch"]
 
 
-def test_smpl_loads_from_chumpy_pickle_without_chumpy(models_dir, tmp_path):
+def test_smpl_loads_from_chumpy_pickle_without_chumpy(family_dir, tmp_path):
+    models_dir = family_dir
     assert importlib.util.find_spec("chumpy") is None
     arrays = load_model_pickle(models_dir / "smpl" / "SMPL_MALE.pkl")
     (tmp_path / "smpl").mkdir()
@@ -65,8 +72,10 @@ def test_smpl_reads_smplx_npz(models_dir, tmp_path):
     torch.testing.assert_close(v[0], torch.as_tensor(arrays["v_template"], dtype=torch.float32))
 
 
-def test_smpl_and_skel_share_the_skin_but_not_the_joints(models_dir, skel_model):
-    smpl = load_smpl(models_dir, gender="male")
+def test_smpl_and_skel_share_the_skin_but_not_the_joints(family_dir):
+    from skelpgt.fitting.skel import SKEL
+
+    smpl, skel_model = load_smpl(family_dir, gender="male"), SKEL.from_file(family_dir, gender="male")
     torch.testing.assert_close(smpl.v_template, skel_model.v_template)
     _, smpl_joints = smpl_forward(smpl, torch.zeros(1, 72), torch.zeros(1, 10))
     assert (smpl_joints[0] - skel_model.J_template).norm(dim=-1).mean() > 0.01
@@ -81,7 +90,10 @@ def test_bad_smpl_file_names_file_and_field(models_dir, tmp_path):
         load_smpl(tmp_path, gender="male")
 
 
-def test_synthetic_body_has_human_proportions(skel_model):
+def test_synthetic_body_has_human_proportions(family_dir):
+    from skelpgt.fitting.skel import SKEL
+
+    skel_model = SKEL.from_file(family_dir, gender="male")
     v = skel_model.v_template
     height = v[:, 1].max() - v[:, 1].min()
     span = v[:, 0].max() - v[:, 0].min()
@@ -97,6 +109,35 @@ def test_synthetic_body_has_human_proportions(skel_model):
     assert (shaped[0, :, 1].max() - shaped[0, :, 1].min()) > height + 0.1
     waist = (v[:, 1] - (-0.1)).abs() < 0.02
     assert shaped[1, waist, 0].abs().max() > v[waist, 0].abs().max() + 0.01
+
+
+def test_both_families_pass_the_check(family_dir):
+    assert check_models_dir(family_dir) == []
+    assert CliRunner().invoke(app, ["models", "check", str(family_dir)]).exit_code == 0
+
+
+def test_family_b_is_built_independently_of_family_a(models_dir, models_dir_b):
+    """B's skin, SMPL regressor and SKEL skinning differ from A's; B's SKEL skin is not SMPL's re-labelled."""
+    from skelpgt.fitting.synthetic import _SKEL_BONE_OF_SMPL_JOINT
+
+    a_smpl, b_smpl = (read_smpl_arrays(d / "smpl" / "SMPL_MALE.pkl") for d in (models_dir, models_dir_b))
+    assert np.abs(a_smpl["v_template"] - b_smpl["v_template"]).max() > 0.03
+    moved = {}
+    for name, d in (("A", models_dir), ("B", models_dir_b)):
+        smpl_w = read_smpl_arrays(d / "smpl" / "SMPL_MALE.pkl")["weights"]
+        skel_w = load_model_pickle(d / "skel" / "skel_male.pkl")["skin_weights"].toarray()
+        relabelled = np.zeros_like(skel_w)
+        np.add.at(relabelled.T, list(_SKEL_BONE_OF_SMPL_JOINT), smpl_w.T)
+        # Merge the bones SMPL has no joint for into their parents before comparing.
+        for child, parent in ((4, 3), (9, 8), (17, 16), (22, 21)):
+            for w in (relabelled, skel_w):
+                w[:, parent] += w[:, child]
+                w[:, child] = 0.0
+        moved[name] = np.abs(relabelled - skel_w).sum(1).mean()
+    assert moved["A"] < 0.02 and moved["B"] > 0.2, moved
+    joints = [read_smpl_arrays(d / "smpl" / "SMPL_MALE.pkl")["J_regressor"] for d in (models_dir, models_dir_b)]
+    support = [set(np.flatnonzero(np.asarray(j.todense() if hasattr(j, "todense") else j)[4])) for j in joints]
+    assert len(support[0] & support[1]) < 0.5 * len(support[1])  # left knee: other vertices
 
 
 def test_check_models_dir_and_cli(models_dir, tmp_path):
@@ -127,3 +168,12 @@ def test_synthetic_models_are_deterministic(tmp_path):
     make_synthetic_models(tmp_path / "b", tiny=True)
     for rel in ("smpl/SMPL_NEUTRAL.pkl", "skel/skel_male.pkl", "hsmr/SMPL_to_J19.pkl"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_family_b_from_the_cli_is_deterministic(tmp_path, models_dir_b):
+    result = CliRunner().invoke(app, ["models", "make-synthetic", str(tmp_path / "b"), "--tiny", "--family", "B"])
+    assert result.exit_code == 0, result.output
+    for rel in ("smpl/SMPL_NEUTRAL.pkl", "skel/skel_male.pkl", "hsmr/J_regressor_SKEL_mix_MALE.pkl"):
+        assert (tmp_path / "b" / rel).read_bytes() == (models_dir_b / rel).read_bytes(), rel
+    bad = CliRunner().invoke(app, ["models", "make-synthetic", str(tmp_path / "c"), "--family", "C"])
+    assert bad.exit_code != 0 and not (tmp_path / "c" / "smpl").exists()
