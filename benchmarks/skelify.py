@@ -23,12 +23,18 @@ converter into round-0 labels (orig + flip) and released, as the refinement test
     from a regressor-like prediction, two candidates per person side), per 1,000 people, each
     with camera='crop' (HSMR's crop camera) and camera='source' (the dataset's own camera); with
     the labels' MPJPE / PA-MPJPE vs the synthetic truth before and after, and a second round
-    1 → 2 from labels per camera.
+    1 → 2 from labels per camera (--cameras).
+(3) Intrinsics hidden (the dataset.json moved aside, as for HMR2.0 tars, which carry none): rounds
+    0 → 1 → 2 from the good round-0 labels with camera='full-image' (CLIFF's focal √(W² + H²), the
+    default before per-image focal fitting) and camera='fit-focal' (each image's focal fitted from
+    its people, the default now) side by side: the change in MPJPE / PA-MPJPE vs truth and the
+    fitted focal's error vs the dataset's true focal.
 
 Threads default to 1: on a 2-core machine shared with another job, OpenMP's spinning threads make
 2 threads many times slower for these small kernels. Both methods run with the same setting.
 
 Usage: python benchmarks/skelify.py [--n 1000] [--n-fit 256] [--baseline-n 64] [--threads 1]
+       [--family A|B] [--cameras crop,source] [--rounds-only]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import math
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +53,8 @@ import torch
 from skelpgt.datasets import LabelStore, pseudo_gt
 from skelpgt.datasets.refine import refine_round
 from skelpgt.datasets.release import finalize_release, staging_dir
-from skelpgt.datasets.rounds import label_error_vs_truth
+from skelpgt.datasets.release import read_manifest
+from skelpgt.datasets.rounds import dataset_meta, label_error_vs_truth
 from skelpgt.fitting.camera import normalise_keypoints, project
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.keypoints import KeypointRegressor
@@ -182,6 +190,9 @@ def main() -> None:
     parser.add_argument("--start-noise", type=float, default=0.1, help="rad of noise on the label's q for the start")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", default="A", choices=("A", "B"), help="synthetic stand-in family (without --models-dir)")
+    parser.add_argument("--cameras", default="crop,source", help="cameras of the (2) rounds with the dataset's intrinsics visible")
+    parser.add_argument("--rounds-only", action="store_true", help="skip (1), the fits at batch 64 and the HSMR refiner baseline")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="skelpgt-bench-skelify-"))
@@ -190,58 +201,120 @@ def main() -> None:
         if models_dir is None:
             from skelpgt.fitting.synthetic import make_synthetic_models
 
-            models_dir = make_synthetic_models(root / "models")
+            models_dir = make_synthetic_models(root / "models", family=args.family)
         skel, regressor = SKEL.from_file(models_dir, "male"), KeypointRegressor.from_models_dir(models_dir)
         skelify = Skelify(skel, regressor)
         built = build_round0(str(models_dir), root, args.n, args.seed)
-        inputs = fit_inputs(built["workdir"], skelify, max(args.n_fit, args.baseline_n), args.start_noise, args.seed)
-        n_fit, n_base = min(args.n_fit, len(inputs["keys"])), min(args.baseline_n, len(inputs["keys"]))
-        skelify.fit(inputs["kp"][:8], inputs["q"][:8], inputs["betas"][:8])  # warm-up
-
-        print(f"threads={args.threads} batch={BATCH}; start = round-0 label + N(0, {args.start_noise}) on q, + N(0, 0.3) on β; same camera start")
-        print(f"{'method':<14} {'n':>5} {'samples/s':>10} {'kp2d mean':>10} {'median':>10} {'viol°':>8}")
-        rate, err, viol = run_skelify(skelify, inputs, n_fit)
-        print(row("skelify", n_fit, rate, err, viol), flush=True)
-        rate_p, err_p, viol_p = run_skelify(skelify, inputs, n_fit, perspective=True)
-        print(row("skelify-persp", n_fit, rate_p, err_p, viol_p), flush=True)
-        rate_sub, err_sub, viol_sub = run_skelify(skelify, inputs, n_base)
-        print(row("skelify*", n_base, rate_sub, err_sub, viol_sub), flush=True)
-        base_rate, base_err, base_viol = run_hsmr(skel, regressor, skelify, inputs, n_base)
-        print(row("hsmr-refiner*", n_base, base_rate, base_err, base_viol), flush=True)
-        print(f"speed ratio skelify/hsmr-refiner: {rate_sub / base_rate:.1f}x; kp2d_err ratio: {float(err_sub.nanmean() / base_err.nanmean()):.2f}"
-              "   (* = the baseline's people, same starts)")  # fmt: skip
-
-        workdir = built["workdir"]
-        per_k = 1000 / built["people"]
-        mm = lambda w, r: tuple(label_error_vs_truth(w, r, built["truth"], models_dir, aligned=a) * 1000 for a in (False, True))  # noqa: E731
-        truth0 = mm(workdir, 0)
-        all_inputs = fit_inputs(workdir, skelify, 10**9, args.start_noise, args.seed)
-        predictions = {
-            k: {"orig": (q.numpy(), b.numpy()), "flip": (mirror_pose(q).numpy(), b.numpy())}
-            for k, q, b in zip(all_inputs["keys"], all_inputs["q"], all_inputs["betas"])
-        }
-        rounds = []  # (name, report, seconds, (MPJPE, PA-MPJPE) after)
-        for camera in ("crop", "source"):
-            for name, preds in (("labels", None), ("labels + predictions", predictions)):
-                work = root / f"work-{camera}-{'p' if preds else 'l'}"
-                shutil.copytree(workdir, work)
-                start = time.perf_counter()
-                report = refine_round(work, "bench", 0, skelify, predictions=preds, checkpoint_digest="simulated" if preds else "", batch_size=BATCH, camera=camera)
-                rounds.append((f"0→1 {camera}: {name}", report, time.perf_counter() - start, mm(work, 1)))
-                if preds is None:
-                    start = time.perf_counter()
-                    report = refine_round(work, "bench", 1, skelify, batch_size=BATCH, camera=camera)
-                    rounds.append((f"1→2 {camera}: {name}", report, time.perf_counter() - start, mm(work, 2)))
-        print()
-        print(f"dataset: {built['people']} people, {built['labelled']} labelled (orig + flip = {2 * built['labelled']} label sides)")
-        print(f"{'step':<36} {'seconds':>8} {'s / 1000 people':>16} {'changed':>8} {'kept':>6} {'kp2d before→after':>20} {'MPJPE / PA-MPJPE vs truth mm':>29}")
-        print(f"{'converter (read + orig + flip)':<36} {built['convert_s']:>8.1f} {built['convert_s'] * per_k:>16.1f} {'':>8} {'':>6} {'':>20} {f'{truth0[0]:.1f} / {truth0[1]:.1f}':>29}")
-        for name, r, s, e in rounds:
-            print(f"{name:<36} {s:>8.1f} {s * per_k:>16.1f} {r.changed:>8} {r.kept:>6} {f'{r.kp2d_err_before:.5f}→{r.kp2d_err_after:.5f}':>20} {f'{e[0]:.1f} / {e[1]:.1f}':>29}")
-        print("(kp2d_err is measured under each round's own camera, so crop and source rows differ already before)")
-        print(f"round / converter time: {rounds[0][2] / built['convert_s']:.2f}x from labels (crop), {rounds[3][2] / built['convert_s']:.2f}x from labels (source)")
+        print(f"models: {models_dir if args.models_dir else f'synthetic family {args.family}'}")
+        if not args.rounds_only:
+            fit_comparison(skel, regressor, skelify, built["workdir"], args)
+        round_comparison(skelify, built, models_dir, args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fit_comparison(skel: SKEL, regressor: KeypointRegressor, skelify: Skelify, workdir: Path, args) -> None:
+    """(1): SKELify (crop and dataset camera) vs the HSMR refiner setting, same people and starts."""
+    inputs = fit_inputs(workdir, skelify, max(args.n_fit, args.baseline_n), args.start_noise, args.seed)
+    n_fit, n_base = min(args.n_fit, len(inputs["keys"])), min(args.baseline_n, len(inputs["keys"]))
+    skelify.fit(inputs["kp"][:8], inputs["q"][:8], inputs["betas"][:8])  # warm-up
+
+    print(f"threads={args.threads} batch={BATCH}; start = round-0 label + N(0, {args.start_noise}) on q, + N(0, 0.3) on β; same camera start")
+    print(f"{'method':<14} {'n':>5} {'samples/s':>10} {'kp2d mean':>10} {'median':>10} {'viol°':>8}")
+    rate, err, viol = run_skelify(skelify, inputs, n_fit)
+    print(row("skelify", n_fit, rate, err, viol), flush=True)
+    rate_p, err_p, viol_p = run_skelify(skelify, inputs, n_fit, perspective=True)
+    print(row("skelify-persp", n_fit, rate_p, err_p, viol_p), flush=True)
+    rate_sub, err_sub, viol_sub = run_skelify(skelify, inputs, n_base)
+    print(row("skelify*", n_base, rate_sub, err_sub, viol_sub), flush=True)
+    base_rate, base_err, base_viol = run_hsmr(skel, regressor, skelify, inputs, n_base)
+    print(row("hsmr-refiner*", n_base, base_rate, base_err, base_viol), flush=True)
+    print(f"speed ratio skelify/hsmr-refiner: {rate_sub / base_rate:.1f}x; kp2d_err ratio: {float(err_sub.nanmean() / base_err.nanmean()):.2f}"
+          "   (* = the baseline's people, same starts)")  # fmt: skip
+
+
+@contextmanager
+def intrinsics_hidden(sources: list[str]):
+    """The sources' dataset.json moved aside (as for HMR2.0 tars: no intrinsics), put back on exit."""
+    metas = sorted({m for m in (dataset_meta(s) for s in sources) if m is not None})
+    hidden = [m.with_name(m.name + ".hidden") for m in metas]
+    for m, h in zip(metas, hidden):
+        m.rename(h)
+    try:
+        yield
+    finally:
+        for m, h in zip(metas, hidden):
+            h.rename(m)
+
+
+def focal_accuracy(workdir: Path, skelify: Skelify, true_focal: float) -> tuple[float, float, float]:
+    """Median and 90th percentile |f / f_true − 1| of fit-focal's per-image focal (intrinsics hidden), and CLIFF's |f / f_true − 1|."""
+    from skelpgt.datasets.readers import read_source
+    from skelpgt.datasets.refine import fit_image_focals, intrinsics_px
+
+    sources = read_manifest(workdir / "releases" / "bench" / "round-0")["config"]["sources"]
+    with LabelStore(workdir / "labels.h5") as store:
+        labels = store.skel_labels(0)
+    people = {p.key: p for p in read_source(sources) if p.key in labels}
+    with intrinsics_hidden(sources):
+        start = intrinsics_px(people, "fit-focal")
+        fitted = fit_image_focals(people, labels, skelify, start, declared={})
+    ratio = np.array([fitted[k][0] / true_focal - 1 for k in sorted(fitted)])
+    cliff = next(iter(start.values()))[0] / true_focal - 1
+    return float(np.median(np.abs(ratio))), float(np.quantile(np.abs(ratio), 0.9)), float(cliff)
+
+
+def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
+    """(2): refinement rounds per camera, timed, with MPJPE / PA-MPJPE vs truth; hidden intrinsics: CLIFF vs fit-focal."""
+    import json
+
+    workdir, root = built["workdir"], built["workdir"].parent
+    per_k = 1000 / built["people"]
+    mm = lambda w, r: tuple(label_error_vs_truth(w, r, built["truth"], models_dir, aligned=a) * 1000 for a in (False, True))  # noqa: E731
+    truth0 = mm(workdir, 0)
+    all_inputs = fit_inputs(workdir, skelify, 10**9, args.start_noise, args.seed)
+    predictions = {
+        k: {"orig": (q.numpy(), b.numpy()), "flip": (mirror_pose(q).numpy(), b.numpy())}
+        for k, q, b in zip(all_inputs["keys"], all_inputs["q"], all_inputs["betas"])
+    }
+    sources = read_manifest(workdir / "releases" / "bench" / "round-0")["config"]["sources"]
+    rounds = []  # (name, report, seconds, (MPJPE, PA-MPJPE) after)
+    runs = [(c, False, p) for c in args.cameras.split(",") if c for p in (None, predictions)]
+    runs += [(c, True, None) for c in ("full-image", "fit-focal")]  # the change: CLIFF's estimate (before) vs a fitted focal (after)
+    for camera, hidden, preds in runs:
+        label = f"{camera}{' (hidden)' if hidden else ''}: {'labels + predictions' if preds else 'labels'}"
+        work = root / f"work-{camera}-{'h' if hidden else 'v'}-{'p' if preds else 'l'}"
+        shutil.copytree(workdir, work)
+        with intrinsics_hidden(sources) if hidden else nullcontext():
+            start = time.perf_counter()
+            report = refine_round(work, "bench", 0, skelify, predictions=preds, checkpoint_digest="simulated" if preds else "", batch_size=BATCH, camera=camera)
+            rounds.append((f"0→1 {label}", report, time.perf_counter() - start, mm(work, 1)))
+            if preds is None:
+                start = time.perf_counter()
+                report = refine_round(work, "bench", 1, skelify, batch_size=BATCH, camera=camera)
+                rounds.append((f"1→2 {label}", report, time.perf_counter() - start, mm(work, 2)))
+    print()
+    print(f"dataset: {built['people']} people, {built['labelled']} labelled (orig + flip = {2 * built['labelled']} label sides)")
+    print(f"{'step':<44} {'seconds':>8} {'s / 1000 people':>16} {'changed':>8} {'kept':>6} {'kp2d before→after':>20} {'MPJPE / PA-MPJPE vs truth mm':>29}")
+    print(f"{'converter (read + orig + flip)':<44} {built['convert_s']:>8.1f} {built['convert_s'] * per_k:>16.1f} {'':>8} {'':>6} {'':>20} {f'{truth0[0]:.1f} / {truth0[1]:.1f}':>29}")
+    for name, r, s, e in rounds:
+        print(f"{name:<44} {s:>8.1f} {s * per_k:>16.1f} {r.changed:>8} {r.kept:>6} {f'{r.kp2d_err_before:.5f}→{r.kp2d_err_after:.5f}':>20} {f'{e[0]:.1f} / {e[1]:.1f}':>29}")
+    print("(kp2d_err is measured under each round's own camera, so rows with different cameras differ already before)")
+    seconds = {name: s for name, _, s, _ in rounds}
+    for name in ("0→1 source: labels", "0→1 fit-focal (hidden): labels"):
+        if name in seconds:
+            print(f"round / converter time, {name[4:]}: {seconds[name] / built['convert_s']:.2f}x")
+    true_focal = float(json.loads(dataset_meta(sources[0]).read_text())["camera"]["focal_px"])
+    median, p90, cliff = focal_accuracy(workdir, skelify, true_focal)
+    after = {name: e for name, _, _, e in rounds}
+    print()
+    print(f"intrinsics hidden, round 0→1 from good labels (round 0: {truth0[0]:.2f} / {truth0[1]:.2f} mm), change vs round 0 in mm:")
+    print(f"{'camera':<44} {'focal |f/f_true − 1|':>22} {'Δ MPJPE':>9} {'Δ PA-MPJPE':>11} {'1→2 Δ MPJPE / PA':>18}")
+    for camera, focal in (("full-image", f"{abs(cliff):.3f} (every image)"), ("fit-focal", f"median {median:.3f}, p90 {p90:.3f}")):
+        e1, e2 = after[f"0→1 {camera} (hidden): labels"], after[f"1→2 {camera} (hidden): labels"]
+        before_after = "before (CLIFF √(W²+H²))" if camera == "full-image" else "after (per-image fitted focal)"
+        print(f"{camera + ': ' + before_after:<44} {focal:>22} {e1[0] - truth0[0]:>+9.2f} {e1[1] - truth0[1]:>+11.2f} {f'{e2[0] - truth0[0]:+.2f} / {e2[1] - truth0[1]:+.2f}':>18}")
+    print("target: Δ ≤ +1 mm MPJPE, ≤ +0.5 mm PA-MPJPE")
 
 
 if __name__ == "__main__":

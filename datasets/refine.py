@@ -13,13 +13,22 @@ scores use a per-person perspective camera in normalised crop units (focal f/s, 
 (c − b)/s for intrinsics f, c px and a crop of centre b, side s px), taken, in order, from
 * the source's own intrinsics: `camera.focal_px` / `camera.principal_point_px` of the synthetic
   dataset's dataset.json beside its shards (found as `rounds.find_truth` finds truth.npz);
+* with camera='fit-focal' (the default), each image's focal fitted from its people: their current
+  labels are 3D bodies with a camera-frame orientation, so with the 2D keypoints of every labelled
+  person of an image, `camera.fit_focal` searches log f (grid over ×/÷ 4 around CLIFF's estimate,
+  then golden section) for the focal under which all of them project best, each person with its
+  own closed-form translation, a person weighted by 1/(its best reprojection error² + floor²) so
+  one with noisy keypoints or a bad label counts less; principal point at the image centre;
 * with camera='full-image', CLIFF's estimate from the image size (focal √(W² + H²) px, principal
   point at the image centre; size read from the image's JPEG/PNG header);
-* else HSMR's crop camera (f_n = 5000/256, p_n = 0) — HMR2.0 tars carry no intrinsics.
+* else HSMR's crop camera (f_n = 5000/256, p_n = 0) — HMR2.0 tars carry no intrinsics, and a
+  person without an image has no image size.
 camera='crop' forces HSMR's crop camera for everyone (the behaviour before cameras were known).
-The default is 'full-image': on the synthetic data with its dataset.json hidden (as for HMR2.0
-tars), a round from good labels went from 9.0/7.1 mm MPJPE/PA-MPJPE vs truth to 12.8/9.4 with the
-estimate and to 70.5/28.2 with the crop camera (50 images, 188 label sides).
+On the synthetic data with its dataset.json hidden (as for HMR2.0 tars), a round from good labels
+(50 images, 188 label sides) went from 9.0/7.1 mm MPJPE/PA-MPJPE vs truth to 12.8/9.4 with CLIFF's
+estimate (18 % too long there) and to 70.5/28.2 with the crop camera; with the fitted focal the
+change is within the +1/+0.5 mm that good labels may lose (benchmarks/skelify.py (3) prints both
+modes side by side, on stand-in families A and B).
 Why: the crop camera cannot represent an off-centre person's projection (it ignores the ray
 angle), so fitting 2D below its floor bends the body: measured on the synthetic data, a round
 through it cut 2D error ~10× and made labels ~5× worse in 3D (benchmarks/skelify.py).
@@ -51,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skelpgt.fitting.camera import FOCAL_NORMALISED, crop_intrinsics, full_image_intrinsics, normalise_keypoints
+from skelpgt.fitting.camera import FOCAL_NORMALISED, crop_intrinsics, fit_focal, full_image_intrinsics, normalise_keypoints
 from skelpgt.fitting.keypoints import flip_keypoints_normalised
 from skelpgt.fitting.mirror import mirror_pose
 from skelpgt.fitting.skelify import Skelify, acceptance_score
@@ -84,7 +93,10 @@ KILL_ENV = "SKELPGT_REFINE_KILL_AFTER_CHUNKS"
 # {person key: {'orig' | 'flip': (q (46,) rad, β (10,))}}: starting points from a regressor.
 Predictions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 _ROW_FIELDS = ("label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted")
-CAMERAS = ("source", "full-image", "crop")  # see the module docstring
+CAMERAS = ("source", "fit-focal", "full-image", "crop")  # see the module docstring
+# fit-focal's search (`camera.fit_focal`): ×/÷ span around CLIFF's estimate, grid steps, error floor (crop units).
+FOCAL_SEARCH = {"span": 4.0, "steps": 25, "iterations": 24, "floor": 1e-3}
+FOCAL_CHUNK = 1024  # people per focal-fit call (whole images; bounds its (people × grid) memory)
 
 
 def refine_round(
@@ -95,7 +107,7 @@ def refine_round(
     predictions: Predictions | None = None,
     checkpoint_digest: str = "",
     batch_size: int = 64,
-    camera: str = "full-image",
+    camera: str = "fit-focal",
 ) -> RoundReport:
     """Refine release `release` round `from_round` into round `from_round + 1` (store + release).
 
@@ -121,6 +133,8 @@ def refine_round(
     people = {r.key: r for r in read_source(sources) if r.key in labels}
     keys = sorted(people)
     intrinsics = intrinsics_px(people, camera)
+    if camera == "fit-focal":
+        intrinsics = fit_image_focals(people, labels, skelify, intrinsics, declared=intrinsics_px(people, "source"))
     new_labels = {key: list(labels[key]) for key in keys}
     totals = {"changed": 0, "kept": 0, "skipped": 0, "before": [], "after": [], "vb": [], "va": []}
     kill_after = int(os.environ.get(KILL_ENV) or 0)
@@ -252,6 +266,11 @@ def _describe_camera(source: str, mode: str) -> dict:
     known = None if mode == "crop" else _source_intrinsics(source)
     if known is not None:
         return {"camera": "dataset.json", "focal_px": known[0], "principal_point_px": known[1]}
+    if mode == "fit-focal":
+        return {
+            "camera": "fit-focal", "focal": "per image: argmin of its labelled people's reprojection cost over log f (fitting.camera.fit_focal)",
+            "search": FOCAL_SEARCH, "start": "sqrt(W^2 + H^2) px", "principal_point": "image centre (W/2, H/2) px",
+        }  # fmt: skip
     if mode == "full-image":
         return {"camera": "full-image", "focal": "sqrt(W^2 + H^2) px", "principal_point": "image centre (W/2, H/2) px"}
     return {"camera": "crop", "focal_normalised": FOCAL_NORMALISED, "principal_point_normalised": [0.0, 0.0]}
@@ -269,12 +288,58 @@ def intrinsics_px(people: dict, mode: str) -> dict[str, tuple[float, float, floa
         known = per_source[rec.source_file]
         if known is not None:
             out[key] = (known[0], *known[1])
-        elif mode == "full-image":
+        elif mode in ("full-image", "fit-focal"):
             size = image_size(rec.image)
             if size is not None:
                 focal, principal = full_image_intrinsics(torch.tensor([size[0]]), torch.tensor([size[1]]))
                 out[key] = (float(focal[0]), float(principal[0, 0]), float(principal[0, 1]))
     return out
+
+
+def fit_image_focals(people: dict, labels: dict, skelify: Skelify, intrinsics: dict, declared: dict) -> dict[str, tuple[float, float, float]]:
+    """`intrinsics` {key: (focal, cx, cy) px} with the focal of every image not in `declared` fitted from its people.
+
+    Each image's people with an orig label (`labels`: {key: (orig, flip) SkelLabel | None}) give
+    3D bodies (the label's camera-frame q, β) and 2D keypoints; `camera.fit_focal` finds the focal
+    under which all of them project best, each with its own closed-form translation, starting
+    from the estimate in `intrinsics`. People of one image share the fitted focal (flip sides too:
+    mirroring keeps the focal).
+    """
+    images: dict[tuple[str, str], list[str]] = {}
+    for key in sorted(intrinsics):
+        if key not in declared:
+            images.setdefault((people[key].source_file, people[key].image_key), []).append(key)
+    labelled = {image: [k for k in keys if labels.get(k, (None,))[0] is not None] for image, keys in images.items()}
+    labelled = {image: keys for image, keys in labelled.items() if keys}
+    focals: dict[tuple[str, str], float] = {}
+    batch: list[tuple[str, str]] = []
+    for index, image in enumerate(labelled):
+        batch.append(image)
+        if sum(len(labelled[i]) for i in batch) >= FOCAL_CHUNK or index == len(labelled) - 1:
+            focals.update(_fit_focal_batch({i: labelled[i] for i in batch}, people, labels, skelify, intrinsics))
+            batch = []
+    out = dict(intrinsics)
+    for image, keys in images.items():
+        for key in keys:  # unlabelled people of a fitted image share its focal too
+            if image in focals:
+                out[key] = (focals[image], *intrinsics[key][1:])
+    return out
+
+
+def _fit_focal_batch(images: dict, people: dict, labels: dict, skelify: Skelify, intrinsics: dict) -> dict[tuple[str, str], float]:
+    """One `camera.fit_focal` call over whole images ({image: its labelled person keys}) → {image: fitted focal px}."""
+    keys = [k for image_keys in images.values() for k in image_keys]
+    group = torch.tensor([i for i, image_keys in enumerate(images.values()) for _ in image_keys])
+    px = torch.tensor([intrinsics[k] for k in keys], dtype=torch.float64)
+    kp = torch.from_numpy(np.stack([people[k].keypoints_2d for k in keys])).double()
+    kp = torch.where(torch.isfinite(kp).all(-1, keepdim=True), kp, 0.0)  # a non-finite keypoint counts as missing
+    kp = skelify.weighted(torch.cat((kp[..., :2] - px[:, None, 1:], kp[..., 2:3]), dim=-1))
+    q = torch.from_numpy(np.stack([labels[k][0].poses for k in keys]))
+    betas = torch.from_numpy(np.stack([labels[k][0].betas for k in keys]))
+    size = torch.from_numpy(np.stack([people[k].scale for k in keys])).double().amax(-1) * 200.0
+    start = torch.tensor([intrinsics[image_keys[0]][0] for image_keys in images.values()], dtype=torch.float64)
+    focal = fit_focal(skelify.relative_keypoints(q, betas), kp, size, group, start, **FOCAL_SEARCH)
+    return {image: float(f) for image, f in zip(images, focal.tolist())}
 
 
 def crop_camera(chunk: list[str], side: str, people: dict, intrinsics: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,10 @@ p_n = (c − b)/s, so x_n = f_n·X/Z + p_n (`crop_intrinsics`). `focal` argument
 
 from __future__ import annotations
 
-from torch import Tensor
+import math
+
 import torch
+from torch import Tensor
 
 FOCAL_NORMALISED = 5000.0 / 256.0
 
@@ -86,3 +88,59 @@ def fit_camera_error(points: Tensor, kp: Tensor, focal: float = FOCAL_NORMALISED
     use[:, :25, 2] = torch.where(gt_conf[:, None] >= 4, torch.zeros_like(use[:, :25, 2]), use[:, :25, 2])
     t = solve_translation(points, use, focal)
     return keypoint_error(project(points, t, focal), kp)
+
+
+def _focal_errors(points: Tensor, kp: Tensor, size: Tensor, focal: Tensor) -> Tensor:
+    """Per-person weighted RMS reprojection error (B,S), crop units, at focals (B,S) px with closed-form translations."""
+    b, s = focal.shape
+    pts = points[:, None].expand(b, s, *points.shape[1:]).reshape(b * s, *points.shape[1:])
+    obs = kp[:, None].expand(b, s, *kp.shape[1:]).reshape(b * s, *kp.shape[1:])
+    f = focal.reshape(-1)
+    diff = project(pts, solve_translation(pts, obs, f), f) - obs[..., :2]
+    w = obs[..., 2].clamp(min=0)
+    err = ((w * diff.square().sum(-1)).sum(-1) / w.sum(-1).clamp(min=1e-12)).sqrt().reshape(b, s) / size[:, None]
+    return err
+
+
+def fit_focal(
+    points: Tensor, kp: Tensor, size: Tensor, group: Tensor, start: Tensor, span: float = 4.0, steps: int = 25, iterations: int = 24, floor: float = 1e-3
+) -> Tensor:
+    """Focal length (G,) px per image from its people's 3D-consistent bodies, by a 1-D search over log focal.
+
+    points (B,K,3) m: each person's model keypoints (any translation, camera-frame orientation);
+    kp (B,K,3): their 2D keypoints x, y px relative to the image's principal point, weight (0 = unused);
+    size (B,) px: the person's crop side (errors are compared in crop units); group (B,) long: the
+    person's image in [0, G); start (G,) px: the search's centre (e.g. CLIFF's √(W² + H²)); the
+    search spans [start/span, start·span]. Each person's translation is solved in closed form
+    (`solve_translation`) at every focal; the image's cost is Σ_i e_i(f)² / (min_f e_i² + floor²):
+    a person whose keypoints its body cannot match at any focal (noisy keypoints, a bad label)
+    weighs less. Grid of `steps` log-spaced focals, then golden-section search around the best.
+    An image without a person with ≥ 3 weighted keypoints keeps its start.
+    """
+    points, kp, size, start = points.double(), kp.double(), size.double(), start.double()
+    n_groups = start.shape[0]
+    usable = (kp[..., 2] > 0).sum(-1) >= 3
+    points, kp, size, group = points[usable], kp[usable], size[usable], group[usable]
+    if not len(group):
+        return start.float()
+    offsets = torch.linspace(-math.log(span), math.log(span), steps, dtype=torch.float64)
+    log_start = start.log()
+    grid = log_start[:, None] + offsets  # (G,S)
+    err = _focal_errors(points, kp, size, grid[group].exp())
+    weight = 1.0 / (err.amin(-1).square() + floor**2)  # (B,)
+
+    def cost(log_f: Tensor) -> Tensor:  # (G,S) log focal → (G,S) image cost
+        e = _focal_errors(points, kp, size, log_f[group].exp())
+        return log_f.new_zeros(log_f.shape).index_add_(0, group, weight[:, None] * e.square())
+
+    best = cost(grid).argmin(-1)  # (G,)
+    step = offsets[1] - offsets[0]
+    lo, hi = grid.gather(1, best[:, None])[:, 0] - step, grid.gather(1, best[:, None])[:, 0] + step
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(iterations):  # golden section on the bracket around the best grid point
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        c = cost(torch.stack((a, b), -1))
+        left = c[:, 0] < c[:, 1]
+        hi, lo = torch.where(left, b, hi), torch.where(left, lo, a)
+    seen = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, group.unique(), True)
+    return torch.where(seen, ((lo + hi) / 2).exp(), start).float()

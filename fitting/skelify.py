@@ -202,7 +202,7 @@ class Skelify:
     def camera(self, kp2d: Tensor, poses: Tensor, betas: Tensor, focal: Tensor | None = None, principal: Tensor | None = None) -> Tensor:
         """Closed-form camera translation (B,3) m for a pose under the given camera (SPIN's weighted least squares)."""
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
-        return solve_translation(self.model_keypoints(poses, betas), self._weighted(kp2d.float()), focal, principal)
+        return solve_translation(self.model_keypoints(poses, betas), self.weighted(kp2d.float()), focal, principal)
 
     @torch.no_grad()
     def model_keypoints(self, poses: Tensor, betas: Tensor) -> Tensor:
@@ -219,13 +219,13 @@ class Skelify:
         if cam_t is None:
             cam_t = self.camera(kp2d, poses, betas, focal, principal)
         projected = project(self.model_keypoints(poses, betas), cam_t.float(), focal, principal)
-        err = keypoint_error(projected, self._weighted(kp2d), self.config.min_confidence)
+        err = keypoint_error(projected, self.weighted(kp2d), self.config.min_confidence)
         violation = limit_violation(poses, bounds=self.bounds)
         return SkelifyResult(poses, betas, cam_t, err, violation, acceptance_score(err, violation, betas))
 
     # -- least squares ------------------------------------------------------------------------
 
-    def _weighted(self, kp2d: Tensor) -> Tensor:
+    def weighted(self, kp2d: Tensor) -> Tensor:
         """Keypoints with the unreliable ones and low-confidence ones switched off."""
         conf = kp2d[..., 2] * self.active * (kp2d[..., 2] > self.config.min_confidence)
         return torch.cat((kp2d[..., :2], conf[..., None]), dim=-1)
@@ -234,7 +234,7 @@ class Skelify:
         """Targets of the residuals: keypoints, weights, camera and the start q (default 0) the fit is pulled towards."""
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
         start = torch.zeros(kp2d.shape[0], NUM_DOFS) if start is None else start.float()
-        kp = self._weighted(kp2d)
+        kp = self.weighted(kp2d)
         weight = kp[..., 2].sqrt()[..., None] / torso_size(kp2d)[:, None, None]
         return {"xy": kp[..., :2], "weight": weight, "focal": focal[:, None, None], "principal": principal[:, None], "start": start}
 

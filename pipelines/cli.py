@@ -214,7 +214,7 @@ def refine_cmd(
     checkpoint: Path = typer.Option(None, help="Regressor checkpoint (.pt): also start SKELify from its predictions."),
     iterations: int = typer.Option(10, help="SKELify Levenberg–Marquardt steps."),
     batch_size: int = typer.Option(64, help="Person sides per SKELify batch."),
-    camera: str = typer.Option("full-image", help="Camera of the fits: full-image (dataset intrinsics, else estimated), source, or crop (HSMR's)."),
+    camera: str = typer.Option("fit-focal", help="Camera of the fits: fit-focal (dataset intrinsics, else each image's focal fitted from its people), full-image (else CLIFF's estimate), source, or crop (HSMR's)."),
     models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
 ) -> None:
     """One SKELify refinement round: round N → N+1 (labels, history and release); rerun to resume."""

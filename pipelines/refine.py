@@ -27,13 +27,14 @@ def refine_labels(
     models_dir: str | None = None,
     iterations: int = 10,
     batch_size: int = 64,
-    camera: str = "full-image",
+    camera: str = "fit-focal",
 ) -> dict:
     """SKELify every label of round `from_round` (default: the latest) and release round N+1; with a
     `checkpoint`, also from the regressor's predictions (their checkpoint's sha256 goes on every new row).
     'latest' = train-regressor's `<workdir>/checkpoints/<release>/round-<N>/last.pt` when it exists
-    (so train → refine → train runs as a schedule); None = from the labels only. `camera`: 'full-image'
-    (the dataset's intrinsics, else CLIFF's estimate from the image size), 'source' or 'crop' (HSMR's)."""
+    (so train → refine → train runs as a schedule); None = from the labels only. `camera`: 'fit-focal'
+    (the dataset's intrinsics, else each image's focal fitted from its labelled people), 'full-image'
+    (else CLIFF's estimate from the image size), 'source' or 'crop' (HSMR's)."""
     workdir_path = Path(workdir).resolve()
     rounds = list_rounds(workdir_path / "releases" / release)
     if not rounds:
