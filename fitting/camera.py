@@ -129,11 +129,13 @@ def fit_focal(
     err = _focal_errors(points, kp, size, grid[group].exp())
     weight = 1.0 / (err.amin(-1).square() + floor**2)  # (B,)
 
-    def cost(log_f: Tensor) -> Tensor:  # (G,S) log focal → (G,S) image cost
-        e = _focal_errors(points, kp, size, log_f[group].exp())
-        return log_f.new_zeros(log_f.shape).index_add_(0, group, weight[:, None] * e.square())
+    def image_cost(e: Tensor) -> Tensor:  # per-person errors (B,S) → image costs (G,S)
+        return e.new_zeros(n_groups, e.shape[1]).index_add_(0, group, weight[:, None] * e.square())
 
-    best = cost(grid).argmin(-1)  # (G,)
+    def cost(log_f: Tensor) -> Tensor:  # (G,S) log focal → (G,S) image cost
+        return image_cost(_focal_errors(points, kp, size, log_f[group].exp()))
+
+    best = image_cost(err).argmin(-1)  # (G,)
     step = offsets[1] - offsets[0]
     lo, hi = grid.gather(1, best[:, None])[:, 0] - step, grid.gather(1, best[:, None])[:, 0] + step
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
