@@ -98,16 +98,6 @@ def _check_manifest_fields(rep: VerifyReport, rdir: Path, manifest: dict) -> Non
     if not isinstance(cfg, dict) or config_digest(cfg) != manifest.get("config_digest"):
         rep.errors.append("manifest config_digest does not match its config")
         return
-    convert = cfg.get("convert")
-    if isinstance(convert, dict) and "digest" in convert:
-        from skelpgt.fitting.convert import ConvertConfig
-
-        try:
-            same = ConvertConfig(**{k: v for k, v in convert.items() if k != "digest"}).digest() == convert["digest"]
-        except (TypeError, ValueError):
-            same = False
-        if not same:
-            rep.errors.append("manifest config.convert does not match its digest (the labels were made with another setting)")
     sources, digests = cfg.get("sources"), cfg.get("source_sha256")
     if digests is not None and (not isinstance(sources, list) or len(digests) != len(sources)):
         rep.errors.append("manifest config: sources and source_sha256 differ in length")
