@@ -228,8 +228,11 @@ def _tamper_manifest(m: dict, what: str) -> None:
         m["config"]["convert"]["lm_iterations"] = 99
     elif what == "config_digest":
         m["config_digest"] = "0" * 64
-    elif what == "sources":
-        m["config"]["sources"] = m["config"]["sources"] + ["/elsewhere/x.tar"]
+    elif what == "sources":  # another file, with the config digest redone: only the sources check can tell
+        from skelpgt.datasets.release import config_digest
+
+        m["config"]["sources"] = [m["config"]["sources"][0].replace("s.tar", "other.tar")]
+        m["config_digest"] = config_digest(m["config"])
     elif what == "counts":
         m["counts"]["persons"] += 1
 
@@ -242,6 +245,9 @@ def test_verify_catches_each_tampering(built, tmp_path, probe, what):
     shutil.copytree(built / "w", wd)
     rdir = wd / "releases" / "r" / "round-0"
     mpath = rdir / "manifest.json"
+    shutil.copy(built / "s.tar", built / "other.tar")
+    with open(built / "other.tar", "ab") as fh:
+        fh.write(bytes(512))  # same samples, other bytes
     if what in ("round", "release", "config", "config_digest", "sources", "counts"):
         m = json.loads(mpath.read_text())
         _tamper_manifest(m, what)
