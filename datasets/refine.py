@@ -130,7 +130,10 @@ def refine_round(
     with LabelStore(workdir / "labels.h5", "r") as store:
         labels = store.skel_labels(from_round)
         committed = _committed_rows(store, to_round, config_digest)
-    people = {r.key: r for r in read_source(sources) if r.key in labels}
+    people: dict = {}
+    for r in read_source(sources):
+        if r.key in labels:
+            people.setdefault(r.key, r)  # an image key seen in two sources: the release kept the first copy
     keys = sorted(people)
     intrinsics = intrinsics_px(people, camera)
     if camera == "fit-focal":
