@@ -285,11 +285,15 @@ def digest_of(obj) -> str:
 
 
 def release_samples(
-    sources: list[str], labels: dict[str, tuple[SkelLabel | None, SkelLabel | None]], *, round: int, release: str, skip: set[str] = frozenset()
+    sources: list[str], labels: dict[str, tuple[SkelLabel | None, SkelLabel | None]], *, round: int, release: str, skip: set[str] = frozenset(),
+    quarantine: list[QuarantineEntry] = (),
 ):
-    """OutSamples of the source images with their labels (unlabelled persons kept, `skip` left out)."""
+    """OutSamples of the source images with their labels (unlabelled persons kept; `skip` keys and the `quarantine` entries of each source left out)."""
+    by_file: dict[str, set[str]] = {}
+    for e in quarantine:  # per source: the same key may be quarantined in one source (a duplicate) and kept in another
+        by_file.setdefault(e.file, set()).add(e.key)
     for source in sources:
-        for key, persons in _images(source, skip):
+        for key, persons in _images(source, set(skip) | by_file.get(str(source), set())):
             dicts = [make_person(p, *labels.get(p.key, (None, None)), round=round, release=release) for p in persons]
             yield OutSample(key, persons[0].image, persons[0].image_ext, dicts)
 
@@ -310,7 +314,7 @@ def reshard_round(workdir: str | os.PathLike, release: str, round: int, *, sampl
     name = name or f"{release}-x{samples_per_shard}"
     config = {**manifest["config"], "resharded_from": f"{release}/round-{round}", "samples_per_shard": samples_per_shard}
     return write_release(
-        workdir, name, round, release_samples(sources, labels, round=round, release=name, skip={e.key for e in quarantine}),
+        workdir, name, round, release_samples(sources, labels, round=round, release=name, quarantine=quarantine),
         quarantine=quarantine, parent_round=manifest.get("parent_round"), config=config, code_version=code_version(),
         samples_per_shard=samples_per_shard, overwrite=True,
     )  # fmt: skip

@@ -180,7 +180,7 @@ def refine_round(
     quarantine = read_quarantine(folder / QUARANTINE)
     out_manifest = write_release(
         workdir, release, to_round,
-        release_samples(sources, {k: tuple(v) for k, v in new_labels.items()}, round=to_round, release=release, skip={e.key for e in quarantine}),
+        release_samples(sources, {k: tuple(v) for k, v in new_labels.items()}, round=to_round, release=release, quarantine=quarantine),
         quarantine=quarantine, parent_round=from_round, config={**manifest["config"], "refine": config},
         code_version=code_version(), samples_per_shard=max(1, manifest["counts"]["samples"] // max(1, len(manifest["shards"]))),
         overwrite=True,
