@@ -104,8 +104,9 @@ def continuous_dofs(q: Tensor, steps: Tensor, config: SequenceConfig = SequenceC
         weight = np.cos(cands[..., 1]) ** 2 + 1e-2
         cost = delta[..., 1] ** 2 + weight * (delta[..., 0] ** 2 + delta[..., 2] ** 2)
         pick = cands[cost.argmin(axis=0), np.arange(len(dofs))]  # (5,3)
-        # Rate limit near lock, keeping the determined sum q2 + s·q0 (s = σ·sign(sin q1)).
-        s = sigma * np.sign(np.sin(pick[:, 1]))
+        # q0/q2 move at most r per frame, q2 + s·q0 (s = σ·sign(sin q1)) kept: this binds only
+        # near lock, where the exact angles race while the rotation barely moves.
+        s = sigma * np.where(np.sin(pick[:, 1]) >= 0, 1.0, -1.0)
         d0, d2 = pick[:, 0] - prev[:, 0], pick[:, 2] - prev[:, 2]
         ds = d2 + s * d0
         r = limit[t - 1]
