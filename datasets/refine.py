@@ -18,7 +18,8 @@ scores use a per-person perspective camera in normalised crop units (focal f/s, 
   person of an image, `camera.fit_focal` searches log f (grid over ×/÷ 4 around CLIFF's estimate,
   then golden section) for the focal under which all of them project best, each person with its
   own closed-form translation, a person weighted by 1/(its best reprojection error² + floor²) so
-  one with noisy keypoints or a bad label counts less; principal point at the image centre;
+  one with noisy keypoints or a bad label counts less, and a weak pull of log f towards CLIFF's
+  estimate for images whose people do not pin it down; principal point at the image centre;
 * with camera='full-image', CLIFF's estimate from the image size (focal √(W² + H²) px, principal
   point at the image centre; size read from the image's JPEG/PNG header);
 * else HSMR's crop camera (f_n = 5000/256, p_n = 0) — HMR2.0 tars carry no intrinsics, and a
@@ -94,8 +95,9 @@ KILL_ENV = "SKELPGT_REFINE_KILL_AFTER_CHUNKS"
 Predictions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 _ROW_FIELDS = ("label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted")
 CAMERAS = ("source", "fit-focal", "full-image", "crop")  # see the module docstring
-# fit-focal's search (`camera.fit_focal`): ×/÷ span around CLIFF's estimate, grid steps, error floor (crop units).
-FOCAL_SEARCH = {"span": 4.0, "steps": 25, "iterations": 24, "floor": 1e-3}
+# fit-focal's search (`camera.fit_focal`): ×/÷ span around CLIFF's estimate, grid steps, golden-section
+# iterations, error floor (crop units), weight of the pull of log f towards CLIFF's estimate.
+FOCAL_SEARCH = {"span": 4.0, "steps": 25, "iterations": 24, "floor": 1e-3, "prior": 1.0}
 FOCAL_CHUNK = 1024  # people per focal-fit call (whole images; bounds its (people × grid) memory)
 
 

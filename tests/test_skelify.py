@@ -193,7 +193,10 @@ def test_fit_focal_recovers_each_images_focal_from_its_people_and_resists_one_no
     image at 3–6 m: the per-image focal fitted from exact projections is within 0.5 % of the truth,
     starting from CLIFF's √(W² + H²) = 800 px; with 10-px noise on one person's keypoints in the
     2-person image it stays within 0.5 % (measured: 0.0004 %), closer than a plain least-squares
-    focal with equal weights (0.3 % off)."""
+    focal with equal weights (0.3 % off). Bodies that fit at no focal (wrong labels) leave the
+    focal near its start (measured 908 px, 2133 px without the pull)."""
+    import math
+
     from skelpgt.fitting.camera import fit_focal
 
     true_focal = torch.tensor([500.0, 700.0, 1000.0])
@@ -216,9 +219,15 @@ def test_fit_focal_recovers_each_images_focal_from_its_people_and_resists_one_no
     noisy = kp.clone()
     noisy[9, :, :2] += torch.randn(44, 2, generator=g, dtype=torch.float64) * 10.0
     robust = fit_focal(points, noisy, size, group, start)
-    plain = fit_focal(points, noisy, size, group, start, floor=1e3)  # floor ≫ errors: every person weighs the same
+    plain = fit_focal(points, noisy, size, group, start, floor=1e3, prior=0.0)  # floor ≫ errors: every person weighs the same
     assert abs(float(robust[2]) / 1000.0 - 1) < 5e-3 and abs(float(robust[2]) / 1000.0 - 1) < abs(float(plain[2]) / 1000.0 - 1), (robust, plain)
     torch.testing.assert_close(robust[:2], exact[:2])  # other images are unaffected
+    # Bodies that match their keypoints at no focal (labels 0.25 rad off everywhere): the pull
+    # towards the start keeps the image's focal near it instead of at the search's edge.
+    wrong = skelify.model_keypoints(q[8:] + torch.randn(2, 46, generator=g) * 0.25, betas[8:]).double()
+    pulled = fit_focal(wrong, kp[8:], size[8:], torch.zeros(2, dtype=torch.long), start[:1])
+    free = fit_focal(wrong, kp[8:], size[8:], torch.zeros(2, dtype=torch.long), start[:1], prior=0.0)
+    assert 800.0 / 1.3 < float(pulled) < 800.0 * 1.3 and abs(math.log(float(pulled) / 1000)) < abs(math.log(float(free) / 1000)), (pulled, free)
     # A person with fewer than 3 usable keypoints does not count; an image with none keeps its start.
     unseen = kp.clone()
     unseen[8:, :, 2] = 0.0
