@@ -22,7 +22,7 @@ NUM_KINEMATIC = NUM_DOFS + NUM_BETAS  # the translation does not enter the kinem
 @dataclass
 class SkinLinearization:
     """Posed skin (B,K,3) and anatomical joints (B,24,3) without translation, and their tangents
-    (56,B,…) along each q and β entry."""
+    (56,B,…) along each q and β entry (d_skin is a view of a (B,K,3,56) contiguous tensor)."""
 
     skin: Tensor
     d_skin: Tensor
@@ -51,13 +51,19 @@ def linearize_skin(skel: SKEL, q: Tensor, betas: Tensor) -> SkinLinearization:
         joints, d_joints = forward_ad.unpack_dual(pose.joints)
     transforms, feat, joints = transforms[:b], feat[:b], joints[:b]
     v_posed = skel.v_template + (betas @ skel.shapedirs + feat @ skel.posedirs).view(b, k, 3)
-    d_posed = (d_feat @ skel.posedirs).view(n, b, k, 3)
-    d_posed[NUM_DOFS:] += skel.shapedirs.view(NUM_BETAS, 1, k, 3)
     blend = blend_transforms(skel.skin_weights, transforms)  # (B,K,3,4)
-    d_blend = blend_transforms(skel.skin_weights, d_transforms.view(n, b, 24, 3, 4))
-    skin = (blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + blend[..., 3]
-    d_skin = (d_blend[..., :3] * v_posed[:, :, None, :]).sum(-1) + d_blend[..., 3] + (blend[..., :3] * d_posed[..., None, :]).sum(-1)
-    return SkinLinearization(skin, d_skin, joints, d_joints.view(n, b, 24, 3))
+    skin = (blend[..., :3] @ v_posed[..., None])[..., 0] + blend[..., 3]
+    # Both tangent terms as plain matrix products (elementwise broadcasts are memory-bound):
+    # dA·v = Σ_j w_vj dT_j·(v,1) as (w ⊗ (v,1)) (B,K,96) @ dT (B,96,3·56) ...
+    homog = torch.cat((v_posed, v_posed.new_ones(b, k, 1)), dim=-1)
+    lifted = (skel.skin_weights[None, :, :, None] * homog[:, :, None, :]).reshape(b, k, 96)
+    d_t = d_transforms.view(n, b, 24, 3, 4).permute(1, 2, 4, 3, 0).reshape(b, 96, 3 * n)
+    d_skin = (lifted @ d_t).view(b, k, 3, n)
+    # ... and A·dv with dv = posedirsᵀ·d(features) (+ the shape blend shapes for β).
+    d_posed = skel.posedirs.T @ d_feat.view(n, b, -1).permute(1, 2, 0)  # (B,3K,56)
+    d_posed[..., NUM_DOFS:] += skel.shapedirs.T
+    d_skin = d_skin + blend[..., :3] @ d_posed.view(b, k, 3, n)
+    return SkinLinearization(skin, d_skin.permute(3, 0, 1, 2), joints, d_joints.view(n, b, 24, 3))
 
 
 def limit_hinge(q: Tensor, qids: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:

@@ -101,12 +101,17 @@ def test_bad_samples_are_flagged_and_the_batch_goes_on(converter):
     betas = torch.zeros(5, 10)
     pose[1, 7] = float("nan")
     betas[3, 0] = 9.0
+    betas[4, 2] = float("inf")
     result = converter.convert(pose, betas)
-    assert result.converged.tolist() == [True, False, True, False, True]
-    assert "pose has NaN/Inf" in result.reason[1] and "betas outside" in result.reason[3]
-    assert torch.isnan(result.pve_max[[1, 3]]).all() and torch.isfinite(result.pve_max[[0, 2, 4]]).all()
-    alone = converter.convert(pose[[0, 2, 4]], betas[[0, 2, 4]])
-    torch.testing.assert_close(result.poses[[0, 2, 4]], alone.poses, atol=1e-4, rtol=0)
+    assert result.converged.tolist() == [True, False, True, True, False]
+    assert "pose has NaN/Inf" in result.reason[1] and "betas has NaN/Inf" in result.reason[4]
+    # An extreme but finite shape (AMASS reaches |β| ≈ 10) is converted and flagged, not refused.
+    assert result.reason[3] == "" and "betas outside ±5" in result.flags[3]
+    assert result.flags[0] == result.flags[2] == ""
+    assert torch.isnan(result.pve_max[[1, 4]]).all() and torch.isfinite(result.pve_max[[0, 2, 3]]).all()
+    alone = converter.convert(pose[[0, 2, 3]], betas[[0, 2, 3]])
+    torch.testing.assert_close(result.poses[[0, 2, 3]], alone.poses, atol=1e-4, rtol=0)
+    assert alone.flags == ["", "", result.flags[3]]
     with pytest.raises(ValueError, match=r"pose: expected shape \(N, 72\)"):
         converter.convert(torch.zeros(2, 69), torch.zeros(2, 10))
 
@@ -121,7 +126,10 @@ def test_result_of_a_person_does_not_depend_on_its_batch(models_dir, method):
     first, second = conv.convert(pose[:2], betas[:2]), conv.convert(pose[2:], betas[2:])
     for field in ("poses", "betas", "trans", "pve_mean", "pve_max"):
         two = torch.cat((getattr(first, field), getattr(second, field)))
-        torch.testing.assert_close(getattr(one, field), two, atol=1e-5, rtol=0)
+        # float32 rounding of the batched products differs with the batch's other rows; nearly flat
+        # directions of the robust full-mesh cost turn it into ~1e-5 in q/β, never in the fit itself.
+        atol = 5e-5 if field in ("poses", "betas") else 1e-5
+        torch.testing.assert_close(getattr(one, field), two, atol=atol, rtol=0)
     assert one.config_digest != "" and one.method == method
 
 
@@ -187,3 +195,44 @@ def test_unwrap_removes_2pi_jumps_between_frames():
     t = torch.linspace(0, 12, 50)[:, None].expand(50, 46).clone()
     unwrapped = unwrap_angles(wrap_angles(t))
     torch.testing.assert_close(unwrapped, t, atol=1e-5, rtol=0)
+
+
+@pytest.mark.timeout(1800)  # the baseline takes ~7 s a person on 2 idle cores; far more on a busy machine
+def test_fast_is_no_worse_than_the_baseline_on_family_b(models_dir_b):
+    """On stand-ins nothing was tuned on, fast's mean vertex error is at most 2% above the
+    official schedule's (staged-lbfgs) on the same 16 people (broad poses, 25% hard; random shapes)."""
+    from skelpgt.datasets.poses import sample_smpl_poses
+
+    pose = sample_smpl_poses(16, 21, hard_fraction=0.25)
+    betas = torch.randn(16, 10, generator=torch.Generator().manual_seed(22)) * 0.8
+    fast = Converter.from_models_dir(models_dir_b, ConvertConfig(chunk_size=16))
+    base = Converter.from_models_dir(models_dir_b, ConvertConfig(method="staged-lbfgs", chunk_size=16))
+    rf, rb = fast.convert(pose, betas), base.convert(pose, betas)
+    assert rf.converged.all() and rb.converged.all()
+    assert rf.pve_mean.mean() <= 1.02 * rb.pve_mean.mean(), (rf.pve_mean.mean(), rb.pve_mean.mean())
+
+
+def test_soft_beta_bound_keeps_labels_loadable_by_hsmr(models_dir):
+    """Off by default (digest unchanged); on, SKEL |β| ≤ bound (HSMR drops |β| > 3) and such people are flagged."""
+    import dataclasses
+    import hashlib
+    import json
+
+    default = ConvertConfig()
+    legacy = {k: v for k, v in dataclasses.asdict(default).items() if k != "beta_bound"}
+    assert default.digest() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    assert ConvertConfig(beta_bound=3.0).digest() != default.digest()
+    with pytest.raises(ValueError, match="beta_bound"):
+        ConvertConfig(beta_bound=-1.0)
+    pose = _smpl_poses(3, seed=15)
+    betas = torch.zeros(3, 10)
+    betas[0, 0], betas[1, 1] = 4.5, -7.0  # beyond HSMR's ±3; the second one also beyond ±5
+    free = Converter.from_models_dir(models_dir, ConvertConfig(smpl_gender="male", chunk_size=4))
+    bounded = Converter.from_models_dir(models_dir, ConvertConfig(smpl_gender="male", chunk_size=4, beta_bound=3.0))
+    rf, rb = free.convert(pose, betas), bounded.convert(pose, betas)
+    assert rf.converged.all() and rb.converged.all()
+    assert rf.betas[:2].abs().amax(dim=1).min() > 3.0  # unbounded fits need |β| > 3 here
+    assert rb.betas.abs().max() <= 3.0
+    assert all("soft bound ±3" in f for f in rb.flags[:2]) and "soft bound" not in rb.flags[2]
+    assert "betas outside ±5" in rb.flags[1] and rf.flags[0] == ""
+    torch.testing.assert_close(rb.pve_mean[2], rf.pve_mean[2], atol=1e-4, rtol=0)  # in-bound person: same fit
