@@ -202,6 +202,28 @@ def test_a_truncated_jpeg_is_quarantined_and_the_release_decodes(converter, tmp_
     assert code == 0 and ok and decoded == ["img/1"] and "image does not decode" in q
 
 
+def test_verify_store_ok_after_quarantine_same_names_and_changed_annotations(converter, tmp_path, probe):
+    """Defects 1-3 together: the release verifies against the store, label ids, sides and source digests."""
+    rng = np.random.default_rng(13)
+    (tmp_path / "A").mkdir(), (tmp_path / "B").mkdir()
+    bad = hmr2_person(rng)
+    bad["keypoints_2d"] = np.zeros((N_KEYPOINTS - 1, 3), np.float32)
+    write_tar(tmp_path / "A" / "s-000000.tar", sample("a/0", [bad, hmr2_person(rng), hmr2_person(rng)], rng))
+    people = [hmr2_person(rng), hmr2_person(rng)]
+    image = tiny_jpeg(rng, 16, 16)
+    write_tar(tmp_path / "B" / "s-000000.tar", sample("b/0", people, rng, image=image))
+    sources = [tmp_path / "A" / "s-000000.tar", tmp_path / "B" / "s-000000.tar"]
+    assert build(converter, sources, tmp_path / "w")[0] == 0
+    people[0]["body_pose"] = people[0]["body_pose"] * 0.5  # B's annotations change
+    write_tar(tmp_path / "B" / "s-000000.tar", sample("b/0", people, rng, image=image))
+    code, msg, _ = build(converter, sources, tmp_path / "w", overwrite=True)
+    vcode, _, res = cli("verify", str(tmp_path / "w" / "releases" / "r"), "--store", str(tmp_path / "w"))
+    ok, why = nothing_lost(tmp_path / "w", n_in=5)
+    good = code == 0 and vcode == 0 and "**OK**" in res.stdout and "label source digests checked | 8" in res.stdout
+    probe("verify --store: quarantined + same-named + changed", vcode, "**OK**" if "**OK**" in res.stdout else res.stdout, ok and good, why)
+    assert good and ok, res.stdout
+
+
 # ---------------------------------------------------------------------------- also found
 def test_the_same_image_key_in_two_shards_is_quarantined_once(converter, tmp_path, probe):
     rng = np.random.default_rng(6)
