@@ -28,7 +28,9 @@ converter into round-0 labels (orig + flip) and released, as the refinement test
     0 → 1 → 2 from the good round-0 labels with camera='full-image' (CLIFF's focal √(W² + H²), the
     default before per-image focal fitting) and camera='fit-focal' (each image's focal fitted from
     its people, the default now) side by side: the change in MPJPE / PA-MPJPE vs truth and the
-    fitted focal's error vs the dataset's true focal.
+    fitted focal's error vs the dataset's true focal; and a round 0 → 1 from the same labels with
+    every third one corrupted (N(0, 0.25) rad on q, as tests/test_refine.py) with the dataset's
+    camera, CLIFF's and the fitted focal (hidden), for the gain on bad labels.
 
 Threads default to 1: on a 2-core machine shared with another job, OpenMP's spinning threads make
 2 threads many times slower for these small kernels. Both methods run with the same setting.
@@ -278,18 +280,22 @@ def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
         for k, q, b in zip(all_inputs["keys"], all_inputs["q"], all_inputs["betas"])
     }
     sources = read_manifest(workdir / "releases" / "bench" / "round-0")["config"]["sources"]
+    corrupted = corrupt_labels(workdir, root / "work-corrupted")
+    truth_bad = mm(corrupted, 0)
     rounds = []  # (name, report, seconds, (MPJPE, PA-MPJPE) after)
-    runs = [(c, False, p) for c in args.cameras.split(",") if c for p in (None, predictions)]
-    runs += [(c, True, None) for c in ("full-image", "fit-focal")]  # the change: CLIFF's estimate (before) vs a fitted focal (after)
-    for camera, hidden, preds in runs:
-        label = f"{camera}{' (hidden)' if hidden else ''}: {'labels + predictions' if preds else 'labels'}"
-        work = root / f"work-{camera}-{'h' if hidden else 'v'}-{'p' if preds else 'l'}"
-        shutil.copytree(workdir, work)
+    runs = [(c, False, p, False) for c in args.cameras.split(",") if c for p in (None, predictions)]
+    # The change, intrinsics hidden: CLIFF's estimate (before) vs a fitted focal (after), from good and from corrupted labels.
+    runs += [(c, True, None, False) for c in ("full-image", "fit-focal")]
+    runs += [("source", False, None, True)] + [(c, True, None, True) for c in ("full-image", "fit-focal")]
+    for camera, hidden, preds, bad in runs:
+        label = f"{camera}{' (hidden)' if hidden else ''}: {'corrupted ' if bad else ''}{'labels + predictions' if preds else 'labels'}"
+        work = root / f"work-{camera}-{'h' if hidden else 'v'}-{'p' if preds else 'l'}{'-c' if bad else ''}"
+        shutil.copytree(corrupted if bad else workdir, work)
         with intrinsics_hidden(sources) if hidden else nullcontext():
             start = time.perf_counter()
             report = refine_round(work, "bench", 0, skelify, predictions=preds, checkpoint_digest="simulated" if preds else "", batch_size=BATCH, camera=camera)
             rounds.append((f"0→1 {label}", report, time.perf_counter() - start, mm(work, 1)))
-            if preds is None:
+            if preds is None and not bad:
                 start = time.perf_counter()
                 report = refine_round(work, "bench", 1, skelify, batch_size=BATCH, camera=camera)
                 rounds.append((f"1→2 {label}", report, time.perf_counter() - start, mm(work, 2)))
@@ -297,6 +303,7 @@ def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
     print(f"dataset: {built['people']} people, {built['labelled']} labelled (orig + flip = {2 * built['labelled']} label sides)")
     print(f"{'step':<44} {'seconds':>8} {'s / 1000 people':>16} {'changed':>8} {'kept':>6} {'kp2d before→after':>20} {'MPJPE / PA-MPJPE vs truth mm':>29}")
     print(f"{'converter (read + orig + flip)':<44} {built['convert_s']:>8.1f} {built['convert_s'] * per_k:>16.1f} {'':>8} {'':>6} {'':>20} {f'{truth0[0]:.1f} / {truth0[1]:.1f}':>29}")
+    print(f"{'round 0 with every third label corrupted':<44} {'':>8} {'':>16} {'':>8} {'':>6} {'':>20} {f'{truth_bad[0]:.1f} / {truth_bad[1]:.1f}':>29}")
     for name, r, s, e in rounds:
         print(f"{name:<44} {s:>8.1f} {s * per_k:>16.1f} {r.changed:>8} {r.kept:>6} {f'{r.kp2d_err_before:.5f}→{r.kp2d_err_after:.5f}':>20} {f'{e[0]:.1f} / {e[1]:.1f}':>29}")
     print("(kp2d_err is measured under each round's own camera, so rows with different cameras differ already before)")
@@ -315,6 +322,25 @@ def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
         before_after = "before (CLIFF √(W²+H²))" if camera == "full-image" else "after (per-image fitted focal)"
         print(f"{camera + ': ' + before_after:<44} {focal:>22} {e1[0] - truth0[0]:>+9.2f} {e1[1] - truth0[1]:>+11.2f} {f'{e2[0] - truth0[0]:+.2f} / {e2[1] - truth0[1]:+.2f}':>18}")
     print("target: Δ ≤ +1 mm MPJPE, ≤ +0.5 mm PA-MPJPE")
+    print(f"from corrupted labels (round 0: {truth_bad[0]:.2f} / {truth_bad[1]:.2f} mm), round 0→1 MPJPE / PA-MPJPE vs truth, mm:")
+    for name in ("source", "full-image (hidden)", "fit-focal (hidden)"):
+        e = after[f"0→1 {name}: corrupted labels"]
+        print(f"  {name:<42} {e[0]:.2f} / {e[1]:.2f}")
+
+
+def corrupt_labels(workdir: Path, out: Path) -> Path:
+    """A copy of the project whose every third round-0 label side is a manual version with N(0, 0.25) rad on q (as tests/test_refine.py)."""
+    shutil.copytree(workdir, out)
+    with LabelStore(out / "labels.h5", "a") as store:
+        current = store.labels_of_round(0)
+        bad = np.arange(len(current["label_id"])) % 3 == 0
+        noisy = current["poses"][bad] + np.random.default_rng(0).normal(0, 0.25, size=current["poses"][bad].shape).astype(np.float32)
+        new = store.append(
+            {"sample_key": list(current["sample_key"][bad]), "side": list(current["side"][bad]), "round": 0, "producer": "manual",
+             "parent_label_id": current["label_id"][bad], "poses": noisy, "betas": current["betas"][bad], "trans": current["trans"][bad]}
+        )  # fmt: skip
+        store.set_current(0, new)
+    return out
 
 
 if __name__ == "__main__":
