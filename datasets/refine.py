@@ -317,12 +317,13 @@ def fit_image_focals(people: dict, labels: dict, skelify: Skelify, intrinsics: d
     labelled = {image: [k for k in keys if labels.get(k, (None,))[0] is not None] for image, keys in images.items()}
     labelled = {image: keys for image, keys in labelled.items() if keys}
     focals: dict[tuple[str, str], float] = {}
-    batch: list[tuple[str, str]] = []
-    for index, image in enumerate(labelled):
-        batch.append(image)
-        if sum(len(labelled[i]) for i in batch) >= FOCAL_CHUNK or index == len(labelled) - 1:
-            focals.update(_fit_focal_batch({i: labelled[i] for i in batch}, people, labels, skelify, intrinsics))
-            batch = []
+    batch: dict[tuple[str, str], list[str]] = {}
+    filled = 0
+    for index, (image, keys) in enumerate(labelled.items()):
+        batch[image], filled = keys, filled + len(keys)
+        if filled >= FOCAL_CHUNK or index == len(labelled) - 1:
+            focals.update(_fit_focal_batch(batch, people, labels, skelify, intrinsics))
+            batch, filled = {}, 0
     out = dict(intrinsics)
     for image, keys in images.items():
         for key in keys:  # unlabelled people of a fitted image share its focal too
