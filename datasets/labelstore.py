@@ -966,6 +966,11 @@ def _init_file(path: Path, durable: bool) -> None:
     tmp = Path(str(path) + ".init.tmp")
     with h5py.File(tmp, "w", locking=False) as f:
         _create_layout(f)
+    _replace(tmp, path, durable)
+
+
+def _replace(tmp: Path, path: Path, durable: bool) -> None:
+    """Rename a finished temp file over `path` (fsynced first when `durable`)."""
     if durable:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -1037,11 +1042,6 @@ def recover(path: str | os.PathLike, *, durable: bool = True, block: int = 1 << 
                 dst.attrs[k] = v
             _add_source_digest(dst)
         n_rows = counts["labels/label_id"]
-    if durable:
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
+    _replace(tmp, path, durable)
     marker.unlink(missing_ok=True)
     return n_rows

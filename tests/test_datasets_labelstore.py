@@ -68,6 +68,30 @@ def test_idempotent_append_returns_existing_ids(tmp_path):
         assert st.append(_rows(["k_1", "k_0"], config_digest="cfg1")).tolist() == [4, 3]
 
 
+def test_changed_source_data_makes_a_new_row_and_old_stores_upgrade(tmp_path):
+    import h5py
+
+    p = tmp_path / "labels.h5"
+    with LabelStore(p, "a") as st:
+        a = st.append(_rows(["k_0", "k_1"], source_digest="src-a"))
+        assert st.append(_rows(["k_0", "k_1"], source_digest="src-a")).tolist() == a.tolist()  # rerun: same rows
+        b = st.append(_rows(["k_0"], seed=1, source_digest="src-b"))  # the annotations changed
+        assert b.tolist() == [2]
+        assert st.append(_rows(["k_0"], seed=1, source_digest="src-b")).tolist() == [2]  # the newest version is reused
+    with LabelStore(p, "a") as st:  # also after reopening
+        assert st.append(_rows(["k_0"], seed=1, source_digest="src-b")).tolist() == [2]
+    assert [r["source_digest"] for r in lineage(p, "k_0", "orig")] == ["src-a", "src-b"]
+    with h5py.File(p, "a") as f:  # a store from before the column
+        del f["labels/source_digest"], f["dicts/source_digest"]
+        del f.attrs["n_dict_source_digest"]
+    with LabelStore(p) as r:
+        assert r.get([0, 2], ("source_digest",))["source_digest"].tolist() == ["", ""]
+    with LabelStore(p, "a") as st:  # the writer adds it ('' for the old rows)
+        assert st.append(_rows(["k_9"], source_digest="src-c")).tolist() == [3]
+    with LabelStore(p) as r:
+        assert r.get([0, 3], ("source_digest",))["source_digest"].tolist() == ["", "src-c"]
+
+
 def test_lineage_of_three_versions_in_order_with_parents(tmp_path):
     p = tmp_path / "labels.h5"
     with LabelStore(p, "a") as st:
