@@ -69,8 +69,9 @@ def test_sequence_continuous_through_gimbal_lock_and_full_turn(family_models):
     assert _max_step_deg(independent.poses) > 90  # what per-frame conversion gives: the check can fail
     assert _max_step_deg(seq.poses) <= bound
 
-    # same mesh, frame by frame: at most 0.5 mm more mean vertex error on any frame
-    assert float((seq.pve_mean - independent.pve_mean).max()) < 5e-4
+    # same mesh, frame by frame: at most 1 mm more mean vertex error on any frame (near lock the
+    # pelvis trades a little accuracy for continuity), no worse on average
+    assert float((seq.pve_mean - independent.pve_mean).max()) < 1e-3
     assert float(seq.pve_mean.mean()) <= float(independent.pve_mean.mean()) * 1.02
     # frames the continuity pass only rewrote keep their mesh exactly: same rotations, same betas
     rot = roma.rotmat_geodesic_distance(converter.skel.pose_rotations(seq.poses.double()), converter.skel.pose_rotations(independent.poses.double()))
