@@ -6,7 +6,8 @@ Two methods behind `Converter.convert`:
   bone's rotation from a weighted Procrustes fit of its skin, solved into the joint's DOFs, the
   pelvis placed on its regressed target), then a few Levenberg–Marquardt steps per sample on a
   vertex subset + the 24 anatomical joints + a joint-limit hinge (forward-mode Jacobian), then
-  one full-mesh evaluation for the metrics.
+  two robust LM steps (IRLS, cost ≈ mean vertex distance) on a uniform vertex sample, which make
+  the fit follow the whole mesh whatever the model files, then one full-mesh evaluation.
 * `staged-lbfgs`: the official aligner's four stages, masks and loss weights
   (skel-model.md §6.4–6.5) with every loss per sample and each person optimised on its own, so a
   result never depends on its batch (the official code couples a batch through a spectral norm,
