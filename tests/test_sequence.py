@@ -9,9 +9,10 @@ import pytest
 import roma
 import torch
 
-from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.fitting.convert import ConvertConfig, Converter, dofs_from_rotations
 from skelpgt.fitting.motion import smpl_rotation_steps, synthetic_motion
 from skelpgt.fitting.sequence import BALL_JOINTS, SequenceConfig, ball_joint_dofs, continuous_dofs, convert_sequence, rotation_steps
+from skelpgt.fitting.skel import DOF_AXES
 
 FRAMES = 120
 
@@ -99,12 +100,8 @@ def test_ball_joints_are_the_rotation_only_three_dof_joints():
 @pytest.mark.parametrize("joint", [15, 20, 1])  # right and left shoulder, right hip
 def test_shoulder_and_hip_lock_stay_continuous(skel_model, joint):
     """A limb rotation passing 3° from its Euler lock: per-frame DOFs race, the continuous ones keep to the bound."""
-    from skelpgt.fitting.convert import dofs_from_rotations
-
     frames = 60
     dofs = ball_joint_dofs()[list(BALL_JOINTS).index(joint)]
-    from skelpgt.fitting.skel import DOF_AXES
-
     u0, u1, u2 = (torch.tensor(DOF_AXES[d], dtype=torch.float64) for d in dofs)
     theta = torch.linspace(-1.0, 1.0, frames, dtype=torch.float64)
     near_lock = roma.rotvec_to_rotmat(u1 * math.radians(87.0))  # middle DOF 3° short of 90°
