@@ -101,7 +101,7 @@ def main() -> None:
             gap = (r_sub.pve_mean[both].mean() / rb.pve_mean[both].mean() - 1) * 100
             summary.append(f"family {family} {name:<11} fast − baseline mean pve {gap:+.1f}% (same {int(both.sum())} people); speed ratio fast/baseline {fits / base_fits:.0f}x")
     cfg = ConvertConfig()
-    print(f"\nfast: {cfg.lm_iterations} LM iterations on the vertex subset + {cfg.polish_iterations} robust full-mesh LM iterations, every person")
+    print(f"\nfast: {cfg.lm_iterations} LM iterations on the vertex subset + {cfg.polish_iterations} robust LM iterations on the uniform vertex sample, every person")
     print("\n".join(summary))
     print("(* = the baseline's subset, same people)")
     if args.stream:
