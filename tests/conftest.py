@@ -23,6 +23,12 @@ def models_dir_b(tmp_path_factory):
     return make_synthetic_models(tmp_path_factory.mktemp("models_b"), tiny=True, family="B")
 
 
+@pytest.fixture(scope="module", params=["A", "B"])
+def family_dir(request, models_dir, models_dir_b):
+    """The models directory of each independent stand-in family (a test using it runs on both)."""
+    return {"A": models_dir, "B": models_dir_b}[request.param]
+
+
 @pytest.fixture(scope="session")
 def skel_model(models_dir):
     from skelpgt.fitting.skel import SKEL
@@ -30,9 +36,9 @@ def skel_model(models_dir):
     return SKEL.from_file(models_dir, gender="male")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vertex_mirror(skel_model):
-    """Index of each template vertex's mirror image (x → −x), found geometrically."""
+    """Index of each template vertex's mirror image (x → −x), found geometrically (of the module's `skel_model`)."""
     from scipy.spatial import cKDTree
 
     v = skel_model.v_template.double().numpy()

@@ -18,24 +18,14 @@ from skelpgt.model.metrics import EVAL_14
 from skelpgt.model.testing import make_eval_files
 
 
-@pytest.fixture(scope="module", params=["A", "B"])
-def models(request, models_dir, tmp_path_factory):
-    """Both independent stand-in families (the identities below must not depend on one)."""
-    if request.param == "A":
-        return models_dir
-    from skelpgt.fitting.synthetic import make_synthetic_models
-
-    return make_synthetic_models(tmp_path_factory.mktemp("models_b"), tiny=True, family="B")
+@pytest.fixture(scope="module")
+def files(family_dir, tmp_path_factory):
+    return make_eval_files(tmp_path_factory.mktemp("evf"), family_dir, n=5, seed=4)
 
 
 @pytest.fixture(scope="module")
-def files(models, tmp_path_factory):
-    return make_eval_files(tmp_path_factory.mktemp("evf"), models, n=5, seed=4)
-
-
-@pytest.fixture(scope="module")
-def body(models):
-    return BodyModel(models)
+def body(family_dir):
+    return BodyModel(family_dir)
 
 
 def _truth_fn(files, body, transform=None):
@@ -71,9 +61,9 @@ def test_readers_follow_the_layouts(files):
         read_hmr2_npz(files["images"].parent / "bad_3dpw.npz")
 
 
-def test_perfect_prediction_scores_zero(files, models, body):
+def test_perfect_prediction_scores_zero(files, family_dir, body):
     fs = [read_hmr2_npz(files["3dpw"]), read_hmr2_npz(files["coco"])]
-    r = evaluate_files(_truth_fn(files, body), fs, files["images"], models, batch_size=2)
+    r = evaluate_files(_truth_fn(files, body), fs, files["images"], family_dir, batch_size=2)
     pw, coco = r["datasets"]["3DPW"], r["datasets"]["COCO"]
     assert pw["n_3d"] == 5 and pw["mpjpe14"] < 1e-2 and pw["pa_mpjpe14"] < 1e-2  # mm, float32 round-off
     assert pw["pck05"] == 1.0 and coco["pck05"] == 1.0 and coco["n_3d"] == 0 and "mpjpe14" not in coco
@@ -81,10 +71,10 @@ def test_perfect_prediction_scores_zero(files, models, body):
     assert "| ours | 1.00 / 1.00 | – | – | 0.0 / 0.0 | – | – |" in md and "| HSMR ViT-H (paper) |" in md
 
 
-def test_scaled_and_rotated_prediction(files, models, body):
+def test_scaled_and_rotated_prediction(files, family_dir, body):
     """Skin rotated by 20° about y, scaled by 1.1 and moved: MPJPE = mean |1.1·R·g − g| over the 14 root-relative joints, PA 0."""
     rot, k, d = _rot_y(20.0), 1.1, torch.tensor([0.3, -0.2, 1.0])
-    r = evaluate_files(_truth_fn(files, body, lambda v: k * v @ rot.T + d), [read_hmr2_npz(files["3dpw"])], files["images"], models)
+    r = evaluate_files(_truth_fn(files, body, lambda v: k * v @ rot.T + d), [read_hmr2_npz(files["3dpw"])], files["images"], family_dir)
     g = np.load(files["3dpw"])["extra_keypoints_3d"][..., :3]  # rows 25..43
     g = g[:, [j - 25 for j in EVAL_14]] - g[:, [39 - 25]]
     expected = np.linalg.norm(k * g @ rot.double().numpy().T - g, axis=-1).mean() * 1000
@@ -105,19 +95,19 @@ def test_keypoint_offset_and_translation():
     assert (keypoint_errors(pred, gt)["mpjpe14"] > 70.0 / 14).all()
 
 
-def test_moyo_truth_and_rotation(files, models):
+def test_moyo_truth_and_rotation(files, family_dir):
     from skelpgt.model.eval_files import _Moyo
 
     f = read_moyo_npz(files["moyo"])
-    moyo = _Moyo(models)
+    moyo = _Moyo(family_dir)
     gt = moyo.gt_verts(f.smpl, np.arange(len(f)))
     cam = torch.tensor([[0.9, 0.0, 0.0]]).expand(len(f), 3)
     oracle = lambda _i, idx: {"verts": gt[idx], "cam": cam[idx]}
-    m = evaluate_files(oracle, [f], files["images"], models)["datasets"]["MOYO"]
+    m = evaluate_files(oracle, [f], files["images"], family_dir)["datasets"]["MOYO"]
     assert max(m["mpjpe24"], m["pa_mpjpe24"], m["mpve"], m["pa_mpve"]) < 1e-2
     rot = _rot_y(-15.0)
     turned = lambda _i, idx: {"verts": gt[idx] @ rot.T + 0.5, "cam": cam[idx]}
-    m = evaluate_files(turned, [f], files["images"], models)["datasets"]["MOYO"]
+    m = evaluate_files(turned, [f], files["images"], family_dir)["datasets"]["MOYO"]
     gj = moyo.joints(gt).double()
     g = gj - gj[:, :1]
     expected = np.linalg.norm((g @ rot.double().T - g).numpy(), axis=-1).mean() * 1000
@@ -125,7 +115,7 @@ def test_moyo_truth_and_rotation(files, models):
     assert m["pa_mpjpe24"] < 1e-2 and m["pa_mpve"] < 1e-2 and m["mpve"] > m["pa_mpve"]
 
 
-def test_cli_evaluate_checkpoint(files, models, tmp_path):
+def test_cli_evaluate_checkpoint(files, family_dir, tmp_path):
     import json
 
     from skelpgt.model.network import Regressor, mean_pelvis_rotation
@@ -133,10 +123,10 @@ def test_cli_evaluate_checkpoint(files, models, tmp_path):
     from typer.testing import CliRunner
 
     torch.manual_seed(0)
-    model = Regressor("vit-micro", mean_pelvis_rotation(BodyModel(models).skel))  # untrained: predicts ≈ the mean pose
+    model = Regressor("vit-micro", mean_pelvis_rotation(BodyModel(family_dir).skel))  # untrained: predicts ≈ the mean pose
     torch.save({"model": model.state_dict(), "net_config": model.config.to_dict(), "step": 0}, tmp_path / "ck.pt")
     args = ["evaluate", str(tmp_path / "ck.pt"), "--hmr2-npz", str(files["3dpw"]), "--hmr2-npz", str(files["coco"]),
-            "--moyo-npz", str(files["moyo"]), "--images", str(files["images"]), "--models-dir", str(models), "--out", str(tmp_path / "ev")]  # fmt: skip
+            "--moyo-npz", str(files["moyo"]), "--images", str(files["images"]), "--models-dir", str(family_dir), "--out", str(tmp_path / "ev")]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "| method | COCO | LSP-Ext | PoseTrack | 3DPW | H36M | MOYO |" in res.output

@@ -17,19 +17,6 @@ from skelpgt.fitting.skel import DOF_AXES
 FRAMES = 120
 
 
-@pytest.fixture(scope="module", params=["A", "B"])
-def family_models(request, tmp_path_factory):
-    """Both stand-in families: A (the suite's) and B (built independently)."""
-    if request.param == "A":
-        return request.getfixturevalue("models_dir")
-    try:
-        return request.getfixturevalue("models_dir_b")
-    except pytest.FixtureLookupError:
-        from skelpgt.fitting.synthetic import make_synthetic_models
-
-        return make_synthetic_models(tmp_path_factory.mktemp("models_b"), tiny=True, family="B")
-
-
 def _max_step_deg(q: torch.Tensor) -> float:
     return float((q[1:] - q[:-1]).abs().max().rad2deg())
 
@@ -55,9 +42,9 @@ def test_branch_and_turn_rewriting_keeps_every_rotation(skel_model):
     assert _max_step_deg(scrambled) > 90 and _max_step_deg(out) == pytest.approx(_max_step_deg(q), abs=1e-3)
 
 
-def test_sequence_continuous_through_gimbal_lock_and_full_turn(family_models):
+def test_sequence_continuous_through_gimbal_lock_and_full_turn(family_dir):
     """Z-up root, 360° turn through the pelvis lock: DOF steps ≤ 2 × the largest SMPL step + 5°, mesh error per frame kept."""
-    converter = Converter.from_models_dir(family_models, ConvertConfig())
+    converter = Converter.from_models_dir(family_dir, ConvertConfig())
     pose, trans = synthetic_motion(FRAMES, seed=0, forward_lean_deg=10.0)
     betas = torch.zeros(10)
     independent = converter.convert(pose, betas, trans)

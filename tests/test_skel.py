@@ -17,26 +17,10 @@ from skelpgt.fitting.synthetic import SKEL_JOINT_MIRROR
 MIRROR_X = torch.tensor([-1.0, 1.0, 1.0])
 
 
-@pytest.fixture(scope="module", params=["A", "B"])
-def family_dir(request, models_dir, models_dir_b):
-    """The models directory of each stand-in family."""
-    return {"A": models_dir, "B": models_dir_b}[request.param]
-
-
 @pytest.fixture(scope="module")
 def skel_model(family_dir):
     """The male SKEL of each stand-in family (overrides conftest's family-A one in this module)."""
     return SKEL.from_file(family_dir, gender="male")
-
-
-@pytest.fixture(scope="module")
-def vertex_mirror(skel_model):
-    from scipy.spatial import cKDTree
-
-    v = skel_model.v_template.double().numpy()
-    dist, idx = cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))
-    assert dist.max() < 1e-6, "stand-in template is not mirror-symmetric"
-    return torch.from_numpy(idx)
 
 
 def _subtree(joint: int) -> set[int]:

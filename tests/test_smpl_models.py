@@ -19,12 +19,6 @@ from skelpgt.fitting.smpl import load_smpl, read_smpl_arrays, smpl_forward
 from skelpgt.pipelines.cli import app
 
 
-@pytest.fixture(params=["A", "B"])
-def family_dir(request, models_dir, models_dir_b):
-    """The models directory of each stand-in family."""
-    return {"A": models_dir, "B": models_dir_b}[request.param]
-
-
 def _pickle_with_fake_chumpy(arrays: dict, path) -> None:
     """Write `arrays` as the official SMPL pickles do: big arrays wrapped in chumpy.ch.Ch objects."""
     chumpy = types.ModuleType("chumpy")
