@@ -100,11 +100,13 @@ def build_pseudo_gt(
     torch_threads: int = 2,
     dask_address: str | None = None,
     overwrite: bool = False,
+    beta_bound: float | None = None,
 ) -> dict:
     """Build release round 0 from HMR2.0-style tars / npz files (default: the synthetic dataset).
 
     An existing round 0 built from other inputs or settings is refused before anything is
     written; `overwrite=true` replaces it (new label rows for changed sources, old rows kept).
+    `beta_bound` (e.g. 3, off by default) softly holds |SKEL β| inside HSMR's loader's validity bound.
     """
     logger = get_run_logger()
     check_release_name(release)  # before anything is written anywhere
@@ -115,7 +117,7 @@ def build_pseudo_gt(
     sources = source_files(inputs)
     if not sources:
         raise ValueError(f"no .tar or .npz input found in {inputs}")
-    config = ConvertConfig(method=method, chunk_size=batch_size, smpl_gender=smpl_gender, skel_gender=skel_gender)
+    config = ConvertConfig(method=method, chunk_size=batch_size, smpl_gender=smpl_gender, skel_gender=skel_gender, beta_bound=beta_bound)
     outs = [str(pseudo_gt.conversion_path(workdir_path, release, s)) for s in sources]
     runner = _task_runner(dask_address)
     label_files = convert_shards.with_options(task_runner=runner)(sources, outs, models, config, torch_threads)

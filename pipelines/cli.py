@@ -63,6 +63,7 @@ def convert_npz(
     flip: bool = typer.Option(False, help="Also fit the mirrored person (flip_* keys)."),
     sequence: bool = typer.Option(False, help="Rows are consecutive frames of one person: continuous joint-angle curves (Euler branch nearest the previous frame, gimbal lock handled)."),
     shared_betas: bool = typer.Option(False, help="With --sequence: one SKEL β for the whole sequence."),
+    beta_bound: float = typer.Option(None, help="Soft bound on |SKEL β| (e.g. 3: HSMR's loader drops labels beyond it); off by default."),
 ) -> None:
     """Convert SMPL parameters in an npz file to SKEL, with per-person fit metrics."""
     import numpy as np
@@ -83,7 +84,7 @@ def convert_npz(
     groups = gender_groups(genders, "neutral")
     if sequence and len(groups) > 1:
         raise typer.BadParameter(f"{input_npz}: field 'gender': --sequence needs one person (one gender), found {sorted(groups)}")
-    config = ConvertConfig(method=method, skel_gender=gender, smpl_gender=next(iter(groups)), chunk_size=batch)
+    config = ConvertConfig(method=method, skel_gender=gender, smpl_gender=next(iter(groups)), chunk_size=batch, beta_bound=beta_bound)
     base = Converter.from_models_dir(ensure_models_dir(models_dir), config)
     sides = {"": (smpl["pose"], smpl["trans"])}
     if flip:
@@ -101,6 +102,7 @@ def convert_npz(
     for prefix, r in results.items():
         out.update({prefix + k: getattr(r, k).numpy() for k in ("poses", "betas", "trans", "pve_mean", "pve_max", "limit_violation", "converged", "kp2d_err")})
         out[prefix + "reason"] = np.array(r.reason)
+        out[prefix + "flags"] = np.array(r.flags)
     # one digest when every row used the same SMPL gender, else one per row
     out["config_digest"] = np.array(digests[0]) if len(groups) == 1 else np.array(digests)
     out["smpl_gender"] = np.array([g or "neutral" for g in genders])
@@ -111,7 +113,8 @@ def convert_npz(
     np.savez(tmp, **out)
     tmp.replace(output_npz)
     ok = results[""].converged
-    typer.echo(f"{output_npz}: {int(ok.sum())}/{len(ok)} converted, median pve_mean {results[''].pve_mean.nanmedian() * 1000:.1f} mm")
+    flagged = sum(bool(f) for f in results[""].flags)
+    typer.echo(f"{output_npz}: {int(ok.sum())}/{len(ok)} converted ({flagged} flagged: see 'flags'), median pve_mean {results[''].pve_mean.nanmedian() * 1000:.1f} mm")
 
 
 @data_app.command("make-synthetic")

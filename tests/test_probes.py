@@ -433,8 +433,9 @@ def test_nan_inf_rows_among_good_rows_are_flagged_not_fatal(models_dir, tmp_path
     code, msg, res = cli("convert", str(tmp_path / "in.npz"), str(tmp_path / "out.npz"), "--batch", "8")
     with np.load(tmp_path / "out.npz") as z:
         conv = z["converged"]
-        good = bool(conv[0]) and not conv[1] and not conv[2] and np.isfinite(z["poses"][3]).all()
-    probe("convert: NaN and Inf rows among good rows, β=-9.9", code, res.stdout.strip().splitlines()[-1], good, "rows 1-2 flagged, rows 0 and 3 converted, N out == N in")
+        good = bool(conv[0]) and not conv[1] and not conv[2] and np.isfinite(z["poses"][3]).all() and bool(conv[3])
+        good = good and "extreme shape" in str(z["flags"][3]) and not str(z["flags"][0])
+    probe("convert: NaN and Inf rows among good rows, β=-9.9", code, res.stdout.strip().splitlines()[-1], good, "rows 1-2 refused with a reason, row 3 converted and flagged, row 0 clean, N out == N in")
     assert code == 0 and good
 
 
