@@ -29,6 +29,20 @@ def family_dir(request, models_dir, models_dir_b):
     return {"A": models_dir, "B": models_dir_b}[request.param]
 
 
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A temporary Prefect API (SQLite) for a module's flow runs."""
+    import os
+
+    os.environ.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield PREFECT_API_URL.value()
+
+
 @pytest.fixture(scope="session")
 def skel_model(models_dir):
     from skelpgt.fitting.skel import SKEL

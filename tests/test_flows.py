@@ -16,21 +16,6 @@ import pytest
 from skelpgt.datasets import LabelStore, read_manifest, verify_release
 from skelpgt.datasets.testing import make_hmr2_tar
 
-ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A temporary Prefect API (SQLite) for this module's flow runs."""
-    os.environ.update(ENV)
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield PREFECT_API_URL.value()
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Two small HMR2.0-style source shards with SMPL-labelled and unlabelled persons."""
