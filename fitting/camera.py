@@ -122,13 +122,14 @@ def fit_focal(
     synthetic labels). Grid of `steps` log-spaced focals, then golden-section search around the best.
     An image without a person with ≥ 3 weighted keypoints keeps its start.
     """
-    points, kp, size, start = points.double(), kp.double(), size.double(), start.double()
+    device = points.device  # everything follows the model keypoints' device, and the focals come back there
+    points, kp, size, start, group = points.double(), kp.double().to(device), size.double().to(device), start.double().to(device), group.to(device)
     n_groups = start.shape[0]
     usable = (kp[..., 2] > 0).sum(-1) >= 3
     points, kp, size, group = points[usable], kp[usable], size[usable], group[usable]
     if not len(group):
         return start.float()
-    offsets = torch.linspace(-math.log(span), math.log(span), steps, dtype=torch.float64)
+    offsets = torch.linspace(-math.log(span), math.log(span), steps, dtype=torch.float64, device=device)
     log_start = start.log()
     grid = log_start[:, None] + offsets  # (G,S)
     err = _focal_errors(points, kp, size, grid[group].exp())
@@ -150,5 +151,5 @@ def fit_focal(
         c = cost(torch.stack((a, b), -1))
         left = c[:, 0] < c[:, 1]
         hi, lo = torch.where(left, b, hi), torch.where(left, lo, a)
-    seen = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, group.unique(), True)
+    seen = torch.zeros(n_groups, dtype=torch.bool, device=device).index_fill_(0, group.unique(), True)
     return torch.where(seen, ((lo + hi) / 2).exp(), start).float()

@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .camera import fit_camera_error
+from .device import module_on, resolve_device
 from .keypoints import KeypointRegressor, flip_keypoints_normalised
 from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
 from .mirror import mirror_smpl_pose, mirror_translation
@@ -44,7 +45,8 @@ METHODS = ("fast", "staged-lbfgs")
 # Beyond this |β| a body is extreme for the shape spaces (AMASS subjects reach ≈10): it is still
 # converted, and flagged.
 MAX_ABS_BETA = 5.0
-POLISH_BATCH = 32  # people per polish pass (its Jacobian is ~1.5 MB per person)
+POLISH_BATCH = 32  # people per polish pass on a CPU (its Jacobian is ~1.5 MB per person)
+POLISH_BATCH_CUDA = 256  # on a GPU: larger launches, a few GB at most; a person's result does not depend on it
 POLISH_SCALE = 0.01  # m: the robust cost c·|r| equals the squared cost |r|² at 1 cm, so priors keep their weight
 BETA_BOUND_WEIGHT = 1.0  # of the soft β bound's hinge², against mean squared vertex errors ~1e-4 m²
 # Fields that, at their default, stay out of the digest, so adding them left old digests valid.
@@ -135,9 +137,21 @@ def check_inputs(**arrays: Tensor) -> tuple[list[str], list[str]]:
 
 
 class Converter:
-    """Fits SKEL (male or female) to SMPL meshes. Build once, call `convert` on any number of people."""
+    """Fits SKEL (male or female) to SMPL meshes. Build once, call `convert` on any number of people.
 
-    def __init__(self, smpl, skel: SKEL, config: ConvertConfig = ConvertConfig(), keypoints: KeypointRegressor | None = None) -> None:
+    `device` ('cpu', 'cuda', 'cuda:N'; see fitting.device.resolve_device) holds every tensor of the
+    fit; the models are copied there (the caller's stay where they are), the fixed vertex samples
+    and maps are computed on the CPU first, so they are the same on every device. `convert` takes
+    inputs on any device and returns its results on the CPU.
+    """
+
+    def __init__(
+        self, smpl, skel: SKEL, config: ConvertConfig = ConvertConfig(), keypoints: KeypointRegressor | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        self.device = resolve_device(device)
+        given = (smpl, skel, keypoints)
+        cpu = torch.device("cpu")
+        smpl, skel = module_on(smpl, cpu), module_on(skel, cpu)
         self.smpl, self.skel, self.config, self.keypoints = smpl, skel, config, keypoints
         self.beta_map, self.beta_offset = _shape_space_map(smpl, skel)
         self.fit_ids = _spread_vertices(skel.v_template, config.fit_vertices)
@@ -153,14 +167,25 @@ class Converter:
         self.bounds = mirror_consistent_bounds().float()
         self.low, self.high = self.bounds[:, 0], self.bounds[:, 1]
         self.limit_ids = torch.as_tensor(LIMIT_QIDS, dtype=torch.long)
+        self._move_to(self.device, given)
+
+    def _move_to(self, device: torch.device, models: tuple) -> None:
+        """The models (SMPL, SKEL, keypoints; the given ones where already there) and every fixed tensor onto `device`."""
+        self.smpl, self.skel, self.keypoints = (None if m is None else module_on(m, device) for m in models)
+        if device.type != "cpu":
+            self.fit_skel, self.polish_skel = self.skel.restricted_to(self.fit_ids), self.skel.restricted_to(self.polish_ids)
+        for name in ("beta_map", "beta_offset", "fit_ids", "polish_ids", "bone_ids", "bone_weights", "bounds", "low", "high", "limit_ids"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.joint_regressor = self.skel.J_regressor_osim
+        self.polish_batch = POLISH_BATCH if device.type == "cpu" else POLISH_BATCH_CUDA
 
     @classmethod
-    def from_models_dir(cls, models_dir, config: ConvertConfig = ConvertConfig()) -> "Converter":
-        """Load SMPL (config.smpl_gender) and SKEL (config.skel_gender) from a models directory."""
+    def from_models_dir(cls, models_dir, config: ConvertConfig = ConvertConfig(), device: str | torch.device = "cpu") -> "Converter":
+        """Load SMPL (config.smpl_gender) and SKEL (config.skel_gender) from a models directory; fit on `device`."""
         from .smpl import load_smpl
 
         keypoints = KeypointRegressor.from_models_dir(models_dir)
-        converter = cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config, keypoints)
+        converter = cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config, keypoints, device=device)
         converter.models_dir = models_dir  # lets callers load the other SMPL genders (fitting.genders)
         return converter
 
@@ -222,29 +247,31 @@ class Converter:
             size = min(self.config.chunk_size, -(-count // step) * step)
             rows = torch.nonzero(ok).flatten()
             rows = torch.cat((rows, rows[-1:].expand(size - count)))
-            good = {k: v[rows] for k, v in inputs.items()}
+            good = {k: v[rows.to(v.device)].to(self.device) for k, v in inputs.items()}
             with torch.no_grad():
                 target, smpl_betas = self._targets(good)
             fit = self._fit_fast if self.config.method == "fast" else self._fit_staged
             q, b, t = (v[:count] for v in fit(target, smpl_betas, count))
+            ok_rows = torch.nonzero(ok).flatten()
             q = wrap_angles(q)
             if self.config.beta_bound is not None:
                 # The hinge leaves a hair's overshoot; HSMR's loader tests |β| > bound exactly.
                 bound = self.config.beta_bound
                 held = b.abs().amax(dim=1) >= bound * (1 - 1e-3)
                 b = b.clamp(-bound, bound)
-                for at_bound, row in zip(held.tolist(), torch.nonzero(ok).flatten().tolist()):
+                for at_bound, row in zip(held.tolist(), ok_rows.tolist()):
                     if at_bound:
                         flags[row] = "; ".join(filter(None, (flags[row], f"SKEL betas held at the soft bound ±{bound:g}")))
             with torch.no_grad():
                 skin = self.skel(q, b, t).skin_verts
                 dist = (skin - target[:count]).norm(dim=-1)
-            poses[ok], betas[ok], trans[ok] = q, b, t
-            pve_mean[ok], pve_max[ok] = dist.mean(-1), dist.amax(-1)
-            violation[ok] = limit_violation(q, bounds=self.bounds)
+            poses[ok], betas[ok], trans[ok] = q.cpu(), b.cpu(), t.cpu()
+            pve_mean[ok], pve_max[ok] = dist.mean(-1).cpu(), dist.amax(-1).cpu()
+            violation[ok] = limit_violation(q, bounds=self.bounds).cpu()
             if keypoints_2d is not None:
                 with torch.no_grad():
-                    kp2d_err[ok] = fit_camera_error(self.keypoints(skin), keypoints_2d[ok].float())
+                    kp = keypoints_2d[ok_rows.to(keypoints_2d.device)].float().to(self.device)
+                    kp2d_err[ok] = fit_camera_error(self.keypoints(skin), kp).cpu()
         converged = ok & torch.isfinite(pve_max)
         reasons = [r or ("" if c else "fit diverged (non-finite result)") for r, c in zip(reasons, converged.tolist())]
         return ConversionResult(poses, betas, trans, pve_mean, pve_max, violation, converged, kp2d_err, reasons, self.config.method, self.config.digest(), flags)
@@ -261,7 +288,7 @@ class Converter:
     def initial_guess(self, target: Tensor, smpl_betas: Tensor | None) -> Tensor:
         """Start parameters (B,59) = (q, β, τ): mapped β, per-bone Procrustes rotations, pelvis placed."""
         b = target.shape[0]
-        betas = torch.zeros(b, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
+        betas = target.new_zeros(b, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
         v_shaped, joints = self.skel.shape(betas)
         rest = v_shaped[:, self.bone_ids]  # (B,24,K,3)
         posed = target[:, self.bone_ids]
@@ -286,7 +313,8 @@ class Converter:
             self.config.lm_iterations,
         )
         if self.config.polish_iterations:
-            x = torch.cat([self._polish(x[i : i + POLISH_BATCH], target[i : i + POLISH_BATCH]) for i in range(0, x.shape[0], POLISH_BATCH)])
+            step = self.polish_batch
+            x = torch.cat([self._polish(x[i : i + step], target[i : i + step]) for i in range(0, x.shape[0], step)])
         return x[:, :NUM_DOFS], x[:, NUM_DOFS : NUM_DOFS + 10], x[:, NUM_DOFS + 10 :]
 
     def _polish(self, x: Tensor, target: Tensor) -> Tensor:
@@ -347,7 +375,7 @@ class Converter:
         res, w_rows = self._stack_residuals(lin.skin + trans[:, None], lin.joints + trans[:, None], q, betas, goal, full)
         _, w_joint, w_limit, w_beta = self._weights(k)
         w_rows = w_rows.expand(b, k, 3).reshape(b, 3 * k, 1)
-        eye3 = torch.eye(3)
+        eye3 = torch.eye(3, device=x.device)
         n_vert, n_joint = 3 * k, 72
         jac = x.new_zeros(b, res.shape[1], NUM_PARAMS)
         jac[:, :n_vert, :NUM_KINEMATIC] = lin.d_skin.permute(1, 2, 3, 0).reshape(b, n_vert, NUM_KINEMATIC) * w_rows
@@ -358,7 +386,7 @@ class Converter:
         start = n_vert + n_joint
         n_limit = len(self.limit_ids)
         jac[:, start : start + n_limit, :NUM_DOFS] = limit_hinge(q, self.limit_ids, self.low, self.high)[1] * w_limit
-        jac[:, start + n_limit : start + n_limit + 10, NUM_DOFS:NUM_KINEMATIC] = torch.eye(10) * w_beta
+        jac[:, start + n_limit : start + n_limit + 10, NUM_DOFS:NUM_KINEMATIC] = torch.eye(10, device=x.device) * w_beta
         if self.config.beta_bound is not None:
             d_bound = beta_bound_hinge(betas, self.config.beta_bound)[1]
             jac[:, start + n_limit + 10 :, NUM_DOFS:NUM_KINEMATIC] = torch.diag_embed(d_bound) * math.sqrt(BETA_BOUND_WEIGHT)
@@ -367,13 +395,13 @@ class Converter:
     # -- staged-lbfgs: the official schedule, one person at a time ------------------------------
 
     def _fit_staged(self, target: Tensor, smpl_betas: Tensor | None, count: int) -> tuple[Tensor, Tensor, Tensor]:
-        results = [self._fit_staged_one(target[i : i + 1], None if smpl_betas is None else smpl_betas[i : i + 1]) for i in range(count)]
+        stages = _official_stages(self.smpl.lbs_weights, self.skel)
+        results = [self._fit_staged_one(target[i : i + 1], None if smpl_betas is None else smpl_betas[i : i + 1], stages) for i in range(count)]
         return tuple(torch.cat(parts) for parts in zip(*results))  # type: ignore[return-value]
 
-    def _fit_staged_one(self, target: Tensor, smpl_betas: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        stages = _official_stages(self.smpl.lbs_weights, self.skel)
-        betas0 = torch.zeros(1, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
-        q = torch.zeros(1, NUM_DOFS)
+    def _fit_staged_one(self, target: Tensor, smpl_betas: Tensor | None, stages: list[dict]) -> tuple[Tensor, Tensor, Tensor]:
+        betas0 = target.new_zeros(1, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
+        q = target.new_zeros(1, NUM_DOFS)
         trans = torch.einsum("jv,bvc->bjc", self.joint_regressor, target)[:, 0] - self.skel.shape(betas0)[1][:, 0]
         betas = betas0.clone()
         anat = torch.einsum("jv,bvc->bjc", self.joint_regressor, target)
@@ -514,11 +542,11 @@ _DOF_LAYOUT = _joint_dof_layout()
 def dofs_from_rotations(rotations: Tensor) -> Tensor:
     """Per-joint rotations in the BSM joint frames (B,24,3,3) → the closest DOF values q (B,46)."""
     b = rotations.shape[0]
-    q = torch.zeros(b, NUM_DOFS, dtype=rotations.dtype)
+    q = rotations.new_zeros(b, NUM_DOFS)
     for j, dofs, letters, signs in _DOF_LAYOUT:  # 24 small batched ops
         r = rotations[:, j]
         if not letters:  # single axis: the angle about n that best explains r
-            n = torch.as_tensor(DOF_AXES[dofs[0]], dtype=r.dtype)
+            n = torch.as_tensor(DOF_AXES[dofs[0]], dtype=r.dtype, device=r.device)
             n = n / n.norm()
             w = torch.stack((r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]), -1) / 2
             cos = (torch.diagonal(r, dim1=1, dim2=2).sum(-1) - torch.einsum("a,bac,c->b", n, r, n)) / 2
@@ -533,25 +561,27 @@ def dofs_from_rotations(rotations: Tensor) -> Tensor:
 def _official_stages(smpl_weights: Tensor, skel: SKEL) -> list[dict]:
     """The aligner's four stages (§6.5): free DOFs, vertex/joint masks, weights, lr, tolerance."""
 
+    device = smpl_weights.device
+
     def verts_on(joints: list[int]) -> Tensor:
         return (smpl_weights[:, joints] > 0.5).any(dim=1)
 
     def dofs_except(excluded: list[int]) -> Tensor:
-        free = torch.ones(NUM_DOFS)
+        free = torch.ones(NUM_DOFS, device=device)
         free[excluded] = 0.0
         return free
 
-    all_joints = torch.ones(24)
-    upper_limb_joints = torch.ones(24)
+    all_joints = torch.ones(24, device=device)
+    upper_limb_joints = torch.ones(24, device=device)
     upper_limb_joints[[3, 4, 5, 8, 9, 10, 18, 23]] = 0.0
-    scapulae = torch.zeros(24)
+    scapulae = torch.zeros(24, device=device)
     scapulae[[14, 19]] = 1.0
-    root_only = torch.zeros(NUM_DOFS)
+    root_only = torch.zeros(NUM_DOFS, device=device)
     root_only[:3] = 1.0
     common = {"w_verts": 600.0, "w_pose": 1e-4, "lr": 0.1, "tol": 1e-7, "trans": False}
     return [
         {**common, "free": root_only, "verts": verts_on([0, 3]), "joints": all_joints, "w_verts": 300.0, "w_joint": 0.0, "w_pose": 0.0, "lr": 1.0, "tol": 1e-4, "trans": True},
         {**common, "free": dofs_except([0, 1, 2, 19]), "verts": verts_on([0, 1, 2, 3, 6, 9, 12, 15, 16, 17]), "joints": upper_limb_joints, "w_joint": 500.0},
         {**common, "free": dofs_except([0, 1, 2]), "verts": ~verts_on([1, 2, 16, 17]), "joints": all_joints, "w_joint": 1000.0},
-        {**common, "free": torch.ones(NUM_DOFS), "verts": torch.ones(skel.num_verts, dtype=torch.bool), "joints": scapulae, "w_joint": 1000.0},
+        {**common, "free": torch.ones(NUM_DOFS, device=device), "verts": torch.ones(skel.num_verts, dtype=torch.bool, device=device), "joints": scapulae, "w_joint": 1000.0},
     ]

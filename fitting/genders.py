@@ -31,7 +31,7 @@ def converter_for_gender(converter: Converter, gender: str) -> Converter:
         from .smpl import load_smpl
 
         config = dataclasses.replace(converter.config, smpl_gender=gender)
-        per[gender] = Converter(load_smpl(models_dir, gender), converter.skel, config, converter.keypoints)
+        per[gender] = Converter(load_smpl(models_dir, gender), converter.skel, config, converter.keypoints, device=converter.device)
         per[gender].models_dir = models_dir
     return per[gender]
 

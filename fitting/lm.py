@@ -40,7 +40,7 @@ def linearize_skin(skel: SKEL, q: Tensor, betas: Tensor) -> SkinLinearization:
     b, k, n = q.shape[0], skel.num_verts, NUM_KINEMATIC
     x = torch.cat((q, betas), dim=1)
     primal = x[None].expand(n, b, n).reshape(n * b, n)
-    tangent = torch.eye(n, dtype=x.dtype)[:, None, :].expand(n, b, n).reshape(n * b, n)
+    tangent = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, b, n).reshape(n * b, n)
     with forward_ad.dual_level():
         dual = forward_ad.make_dual(primal, tangent)
         joints_rest = skel.J_template + (dual[:, NUM_DOFS:] @ skel.J_shapedirs).view(-1, 24, 3)
@@ -68,10 +68,10 @@ def linearize_skin(skel: SKEL, q: Tensor, betas: Tensor) -> SkinLinearization:
 
 def limit_hinge(q: Tensor, qids: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
     """Distance outside [low, high] (B,L) of the limited DOFs `qids` and its Jacobian (B,L,46)."""
-    limited = q[:, qids]
+    limited = q[:, qids.to(q.device)]
     res = torch.relu(low - limited) + torch.relu(limited - high)
     jac = q.new_zeros(q.shape[0], len(qids), NUM_DOFS)
-    jac[:, torch.arange(len(qids)), qids] = (limited > high).to(q.dtype) - (limited < low).to(q.dtype)
+    jac[:, torch.arange(len(qids), device=q.device), qids.to(q.device)] = (limited > high).to(q.dtype) - (limited < low).to(q.dtype)
     return res, jac
 
 
@@ -83,7 +83,7 @@ def levenberg_marquardt(
     damping: float = 0.1,
 ) -> Tensor:
     """Minimise |r(x)|² per sample from x (B,P): `linearize(x)` → (r (B,M), J (B,M,P))."""
-    lam = torch.full((x.shape[0],), damping, dtype=x.dtype)
+    lam = torch.full((x.shape[0],), damping, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         cost = residuals(x).square().sum(-1)
     for _ in range(iterations):

@@ -70,9 +70,9 @@ def _nearest_turn(angle: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def rotation_steps(q: Tensor, skel) -> Tensor:
-    """Geodesic angle (T-1,24) rad between each joint's DOF rotation at consecutive frames of q (T,46)."""
-    rot = skel.pose_rotations(q.double())
-    return roma.rotmat_geodesic_distance(rot[:-1], rot[1:])
+    """Geodesic angle (T-1,24) rad between each joint's DOF rotation at consecutive frames of q (T,46), on q's device."""
+    rot = skel.pose_rotations(q.double().to(skel.dof_axes.device))
+    return roma.rotmat_geodesic_distance(rot[:-1], rot[1:]).to(q.device)
 
 
 def continuous_dofs(q: Tensor, steps: Tensor, config: SequenceConfig = SequenceConfig()) -> Tensor:
@@ -123,12 +123,12 @@ def continuous_dofs(q: Tensor, steps: Tensor, config: SequenceConfig = SequenceC
 def _polish(converter: Converter, target: Tensor, q0: Tensor, betas: Tensor, trans: Tensor, config: SequenceConfig, free_betas: bool) -> tuple[Tensor, Tensor, Tensor]:
     """LM on x = (q, β, τ): skin-subset error + pull_weight·|q − q0|; β frozen unless free_betas."""
     skel = converter.skel
-    ids = torch.linspace(0, skel.num_verts - 1, min(config.polish_vertices, skel.num_verts)).round().long()
+    ids = torch.linspace(0, skel.num_verts - 1, min(config.polish_vertices, skel.num_verts)).round().long().to(target.device)
     sub = skel.restricted_to(ids)
     goal = target[:, ids]
     k = len(ids)
     w_vert, w_pull = 1.0 / math.sqrt(k), config.pull_weight
-    beta_mask = torch.ones(1, NUM_KINEMATIC)
+    beta_mask = torch.ones(1, NUM_KINEMATIC, device=target.device)
     if not free_betas:
         beta_mask[:, NUM_DOFS:] = 0.0
 
@@ -144,8 +144,8 @@ def _polish(converter: Converter, target: Tensor, q0: Tensor, betas: Tensor, tra
         res = torch.cat((((lin.skin + t[:, None] - goal) * w_vert).flatten(1), (q - q0) * w_pull), dim=1)
         jac = x.new_zeros(n, res.shape[1], x.shape[1])
         jac[:, : 3 * k, :NUM_KINEMATIC] = lin.d_skin.permute(1, 2, 3, 0).reshape(n, 3 * k, NUM_KINEMATIC) * w_vert * beta_mask
-        jac[:, : 3 * k, NUM_KINEMATIC:] = torch.eye(3).repeat(k, 1) * w_vert
-        jac[:, 3 * k :, :NUM_DOFS] = torch.eye(NUM_DOFS) * w_pull
+        jac[:, : 3 * k, NUM_KINEMATIC:] = torch.eye(3, device=x.device).repeat(k, 1) * w_vert
+        jac[:, 3 * k :, :NUM_DOFS] = torch.eye(NUM_DOFS, device=x.device) * w_pull
         return res, jac
 
     x = levenberg_marquardt(torch.cat((q0, betas, trans), dim=1), residuals, linearize, config.polish_iterations)
@@ -170,6 +170,7 @@ def convert_sequence(
     res = converter.convert(pose, betas, trans, progress=progress) if independent is None else independent
     res = dataclasses.replace(res, **{f.name: getattr(res, f.name).clone() for f in dataclasses.fields(res) if isinstance(getattr(res, f.name), Tensor)})
     res.config_digest = sequence_digest(converter.config.digest(), config)
+    dev = converter.device
     ok = res.converged
     if int(ok.sum()) < 1:
         return res
@@ -183,15 +184,17 @@ def convert_sequence(
     else:
         # Only frames whose rotations the rate limit changed need a fit again; the others are
         # the same rotations written differently, so their mesh is exactly the independent one.
-        moved = roma.rotmat_geodesic_distance(converter.skel.pose_rotations(q_cont.double()), converter.skel.pose_rotations(q_ind.double()))
-        redo = moved.amax(dim=1) > 1e-5
+        rotations = [converter.skel.pose_rotations(v.double().to(dev)) for v in (q_cont, q_ind)]
+        redo = roma.rotmat_geodesic_distance(*rotations).amax(dim=1).cpu() > 1e-5
     betas_in = torch.as_tensor(betas, dtype=torch.float32)
     betas_in = betas_in.expand(pose.shape[0], -1) if betas_in.dim() == 1 else betas_in
     with torch.no_grad():
-        target, _ = smpl_forward(converter.smpl, pose[rows], betas_in[rows, :10].contiguous(), trans[rows])
-    q, t = q_cont, res.trans[rows].clone()
+        target, _ = smpl_forward(converter.smpl, *(v.to(dev) for v in (pose[rows], betas_in[rows, :10].contiguous(), trans[rows])))
+    # Fitted on the converter's device, kept (like `res`) on the CPU.
+    q, t = q_cont.to(dev), res.trans[rows].to(dev)
+    b = b.to(dev)
     if redo.any():
-        sel = torch.nonzero(redo).flatten()
+        sel = torch.nonzero(redo).flatten().to(dev)
         parts = [
             _polish(converter, target[sel[s]], q[sel[s]], b[sel[s]], t[sel[s]], config, not config.shared_betas)
             for s in _chunks(len(sel), config.chunk_size)
@@ -199,7 +202,9 @@ def convert_sequence(
         q[sel], b[sel], t[sel] = (torch.cat(p) for p in zip(*parts))
         with torch.no_grad():
             dist = torch.cat([(converter.skel(q[sel[s]], b[sel[s]], t[sel[s]]).skin_verts - target[sel[s]]).norm(dim=-1) for s in _chunks(len(sel), config.chunk_size)])
-        res.pve_mean[rows[sel]], res.pve_max[rows[sel]] = dist.mean(-1), dist.amax(-1)
+        done = rows[sel.cpu()]
+        res.pve_mean[done], res.pve_max[done] = dist.mean(-1).cpu(), dist.amax(-1).cpu()
+    q, b, t = q.cpu(), b.cpu(), t.cpu()
     res.poses[rows], res.betas[rows], res.trans[rows] = q, b, t
     res.limit_violation[rows] = limit_violation(wrap_angles(q), bounds=converter.bounds)
     return res

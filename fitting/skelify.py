@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .camera import FOCAL_NORMALISED, keypoint_error, project, solve_translation
+from .device import module_on, resolve_device, tensor_on
 from .keypoints import KeypointRegressor
 from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
 from .lm import NUM_DOFS, NUM_KINEMATIC, NUM_PARAMS, levenberg_marquardt, limit_hinge
@@ -84,9 +85,21 @@ def torso_size(kp: Tensor) -> Tensor:
 
 
 class Skelify:
-    """Fits SKEL (male by default) to 2D keypoints. Build once, call `fit` on batches."""
+    """Fits SKEL (male by default) to 2D keypoints. Build once, call `fit` on batches.
 
-    def __init__(self, skel: SKEL, keypoints: KeypointRegressor, config: SkelifyConfig = SkelifyConfig()) -> None:
+    Device: every tensor lives on `device` ('cpu', 'cuda', 'cuda:N'; fitting.device.resolve_device),
+    the models copied there (the caller's stay put) and the pair moments computed on the CPU
+    first, so they are the same on every device. Public methods (fit, evaluate, accept, camera,
+    model_keypoints, relative_keypoints, weighted, intrinsics) take inputs on any device, move them
+    to `self.device`, and return their results on `self.device`: a caller on another device
+    moves them back (`.cpu()`).
+    """
+
+    def __init__(self, skel: SKEL, keypoints: KeypointRegressor, config: SkelifyConfig = SkelifyConfig(), device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(device)
+        given = (skel, keypoints)
+        cpu = torch.device("cpu")
+        skel, keypoints = module_on(skel, cpu), module_on(keypoints, cpu)
         self.skel, self.keypoints, self.config = skel, keypoints, config
         self._pair_moments(skel, keypoints.matrix)
         self.active = torch.ones(44, dtype=torch.bool)
@@ -95,6 +108,14 @@ class Skelify:
         self.low, self.high = bounds[:, 0], bounds[:, 1]
         self.bounds = bounds
         self.limit_ids = torch.as_tensor(LIMIT_QIDS, dtype=torch.long)
+        self.skel, self.keypoints = (module_on(m, self.device) for m in given)
+        moved = ("pair_joint", "pair_weight", "pair_template", "pair_shape", "pair_pose", "pair_to_kp", "active", "low", "high", "bounds", "limit_ids")
+        for name in moved:
+            setattr(self, name, getattr(self, name).to(self.device))
+
+    def _on(self, value, dtype: torch.dtype | None = torch.float32) -> Tensor | None:
+        """An input (None passes through) as a tensor on this fitter's device (dtype None = its own)."""
+        return tensor_on(value, self.device, dtype)
 
     def fit(
         self, kp2d: Tensor, poses: Tensor, betas: Tensor, cam_t: Tensor | None = None, focal: Tensor | None = None, principal: Tensor | None = None
@@ -105,10 +126,10 @@ class Skelify:
         A person with non-finite keypoints or fewer than 6 confident ones is not fitted: it keeps
         its start, gets NaN metrics and a reason.
         """
-        kp2d, poses, betas = kp2d.float(), poses.float(), betas.float()
+        kp2d, poses, betas, cam_t = self._on(kp2d), self._on(poses), self._on(betas), self._on(cam_t)
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
         reason = self._check(kp2d)
-        usable = torch.tensor([not r for r in reason])
+        usable = torch.tensor([not r for r in reason], device=self.device)
         kp2d = torch.where(usable[:, None, None], kp2d, torch.zeros_like(kp2d))
         if cam_t is None:
             cam_t = self.camera(kp2d, poses, betas, focal, principal)
@@ -177,24 +198,25 @@ class Skelify:
         2D torso: 2D keypoints barely see depth, so below the floor set by model differences (SKEL
         vs the keypoints' source body) a tiny 2D gain is bought with a large 3D change.
         """
-        better = score < torch.nan_to_num(current.score, nan=float("inf"))
-        old, new = self.relative_keypoints(current.poses, current.betas), self.relative_keypoints(poses.float(), betas.float())
+        kp2d, poses, betas, kp2d_err, score = self._on(kp2d), self._on(poses), self._on(betas), self._on(kp2d_err), self._on(score)
+        better = score < torch.nan_to_num(self._on(current.score), nan=float("inf"))
+        old, new = self.relative_keypoints(current.poses, current.betas), self.relative_keypoints(poses, betas)
         torso_3d = torch.stack([(old[:, a] - old[:, b]).norm(dim=-1) for a, b in _TORSO_PAIRS], -1).mean(-1).clamp(min=1e-3)
         move = (new - old).norm(dim=-1).mean(-1) / torso_3d
-        gain = (current.kp2d_err - kp2d_err) / torso_size(kp2d.float())
+        gain = (self._on(current.kp2d_err) - kp2d_err) / torso_size(kp2d)
         return better & (move <= torch.clamp(self.config.move_per_gain * gain, min=self.config.move_free))
 
     @torch.no_grad()
     def relative_keypoints(self, poses: Tensor, betas: Tensor) -> Tensor:
         """The 44 keypoints (B,44,3) m of SKEL at (q, β) relative to the pelvis (keypoint 39), from the pair moments."""
-        kp, _ = self._fast_keypoints(*self._kinematics(poses.float(), betas.float()), betas.float())
+        poses, betas = self._on(poses), self._on(betas)
+        kp, _ = self._fast_keypoints(*self._kinematics(poses, betas), betas)
         return kp - kp[:, 39:40]
 
-    @staticmethod
-    def intrinsics(b: int, focal: Tensor | None = None, principal: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def intrinsics(self, b: int, focal: Tensor | None = None, principal: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Focal (B,) and principal point (B,2), normalised crop units; missing or non-finite → HSMR's crop camera."""
-        f = torch.full((b,), FOCAL_NORMALISED) if focal is None else torch.as_tensor(focal, dtype=torch.float32).reshape(b)
-        p = torch.zeros(b, 2) if principal is None else torch.as_tensor(principal, dtype=torch.float32).reshape(b, 2)
+        f = torch.full((b,), FOCAL_NORMALISED, device=self.device) if focal is None else self._on(focal).reshape(b)
+        p = torch.zeros(b, 2, device=self.device) if principal is None else self._on(principal).reshape(b, 2)
         known = torch.isfinite(f) & (f > 0) & torch.isfinite(p).all(-1)
         return torch.where(known, f, FOCAL_NORMALISED), torch.where(known[:, None], p, 0.0)
 
@@ -202,23 +224,23 @@ class Skelify:
     def camera(self, kp2d: Tensor, poses: Tensor, betas: Tensor, focal: Tensor | None = None, principal: Tensor | None = None) -> Tensor:
         """Closed-form camera translation (B,3) m for a pose under the given camera (SPIN's weighted least squares)."""
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
-        return solve_translation(self.model_keypoints(poses, betas), self.weighted(kp2d.float()), focal, principal)
+        return solve_translation(self.model_keypoints(poses, betas), self.weighted(self._on(kp2d)), focal, principal)
 
     @torch.no_grad()
     def model_keypoints(self, poses: Tensor, betas: Tensor) -> Tensor:
         """The 44 keypoints (B,44,3) of SKEL at zero translation, metres."""
-        return self.keypoints(self.skel(poses, betas).skin_verts)
+        return self.keypoints(self.skel(self._on(poses), self._on(betas)).skin_verts)
 
     @torch.no_grad()
     def evaluate(
         self, kp2d: Tensor, poses: Tensor, betas: Tensor, cam_t: Tensor | None = None, focal: Tensor | None = None, principal: Tensor | None = None
     ) -> SkelifyResult:
         """Fit quality of given SKEL parameters against keypoints (B,44,3) under a camera (focal (B,), principal (B,2)); t solved if not given."""
-        kp2d, poses, betas = kp2d.float(), poses.float(), betas.float()
+        kp2d, poses, betas, cam_t = self._on(kp2d), self._on(poses), self._on(betas), self._on(cam_t)
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
         if cam_t is None:
             cam_t = self.camera(kp2d, poses, betas, focal, principal)
-        projected = project(self.model_keypoints(poses, betas), cam_t.float(), focal, principal)
+        projected = project(self.model_keypoints(poses, betas), cam_t, focal, principal)
         err = keypoint_error(projected, self.weighted(kp2d), self.config.min_confidence)
         violation = limit_violation(poses, bounds=self.bounds)
         return SkelifyResult(poses, betas, cam_t, err, violation, acceptance_score(err, violation, betas))
@@ -226,14 +248,15 @@ class Skelify:
     # -- least squares ------------------------------------------------------------------------
 
     def weighted(self, kp2d: Tensor) -> Tensor:
-        """Keypoints with the unreliable ones and low-confidence ones switched off."""
+        """Keypoints (B,44,3) with the unreliable ones and low-confidence ones switched off (B,44,3), dtype kept."""
+        kp2d = self._on(kp2d, dtype=None)
         conf = kp2d[..., 2] * self.active * (kp2d[..., 2] > self.config.min_confidence)
         return torch.cat((kp2d[..., :2], conf[..., None]), dim=-1)
 
     def _goal(self, kp2d: Tensor, focal: Tensor | None = None, principal: Tensor | None = None, start: Tensor | None = None) -> dict[str, Tensor]:
         """Targets of the residuals: keypoints, weights, camera and the start q (default 0) the fit is pulled towards."""
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
-        start = torch.zeros(kp2d.shape[0], NUM_DOFS) if start is None else start.float()
+        start = torch.zeros(kp2d.shape[0], NUM_DOFS, device=self.device) if start is None else self._on(start)
         kp = self.weighted(kp2d)
         weight = kp[..., 2].sqrt()[..., None] / torso_size(kp2d)[:, None, None]
         return {"xy": kp[..., :2], "weight": weight, "focal": focal[:, None, None], "principal": principal[:, None], "start": start}
@@ -252,7 +275,7 @@ class Skelify:
         """
         b, n = q.shape[0], NUM_KINEMATIC
         x = torch.cat((q, betas), dim=1)
-        directions = torch.eye(n, dtype=x.dtype)[:, None, :].expand(n, b, n)
+        directions = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, b, n)
 
         def along(direction: Tensor) -> tuple:
             return torch.func.jvp(lambda x: self._kinematics(x[:, :NUM_DOFS], x[:, NUM_DOFS:]), (x,), (direction,))
@@ -293,7 +316,7 @@ class Skelify:
         # d(projected)/d(cam) = f/z · [I₂ | −xy/z] (the principal point is a constant), applied to the keypoint tangents and to t.
         d_proj = f / z * (d_kp3d[..., :2] - cam[..., :2] / z * d_kp3d[..., 2:3])
         d_cam_t = (f / z)[..., None] * torch.cat(
-            (torch.eye(2).expand(*cam.shape[:2], 2, 2), -(cam[..., :2] / z)[..., None]), dim=-1
+            (torch.eye(2, device=x.device).expand(*cam.shape[:2], 2, 2), -(cam[..., :2] / z)[..., None]), dim=-1
         )  # (B,44,2,3)
         res = self._stack(projected, q, betas, goal)
         b, w = x.shape[0], goal["weight"]
@@ -302,12 +325,12 @@ class Skelify:
         jac[:, :88, NUM_KINEMATIC:] = (d_cam_t * w[..., None]).reshape(b, 88, 3)
         n_limit = len(self.limit_ids)
         jac[:, 88 : 88 + n_limit, :NUM_DOFS] = limit_hinge(q, self.limit_ids, self.low, self.high)[1] * math.sqrt(self.config.limit_weight)
-        jac[:, 88 + n_limit : 98 + n_limit, NUM_DOFS:NUM_KINEMATIC] = torch.eye(10) * math.sqrt(self.config.beta_weight)
-        jac[:, 98 + n_limit :, :NUM_DOFS] = torch.eye(NUM_DOFS) * math.sqrt(self.config.start_weight)
+        jac[:, 88 + n_limit : 98 + n_limit, NUM_DOFS:NUM_KINEMATIC] = torch.eye(10, device=x.device) * math.sqrt(self.config.beta_weight)
+        jac[:, 98 + n_limit :, :NUM_DOFS] = torch.eye(NUM_DOFS, device=x.device) * math.sqrt(self.config.start_weight)
         # Rows √μ·I with zero residual: the step's model gets μ|Δx|² (a Levenberg damping floor, the
         # cost being minimised is unchanged). Without it, a DOF that no confident keypoint sees (a
         # foot or hand whose keypoints are missing) has ~0 curvature, so Marquardt's damping
         # λ·diag(JᵀJ) leaves it free: the step swings it by tens of radians and is rejected every
         # time, and the person never moves from its start.
-        floor = math.sqrt(self.config.damping_floor) * torch.eye(NUM_PARAMS).expand(b, NUM_PARAMS, NUM_PARAMS)
+        floor = math.sqrt(self.config.damping_floor) * torch.eye(NUM_PARAMS, device=x.device).expand(b, NUM_PARAMS, NUM_PARAMS)
         return torch.cat((res, res.new_zeros(b, NUM_PARAMS)), dim=1), torch.cat((jac, floor), dim=1)
