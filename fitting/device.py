@@ -19,16 +19,21 @@ from torch import Tensor, nn
 DEVICE_HELP = "cpu (default), cuda (a Dask worker's own GPU) or cuda:N"
 
 
+def check_device_spec(spec: str | torch.device | None) -> str:
+    """The spec normalised ('cpu', 'cuda', 'cuda:N'; None = 'cpu'), checked for form only (a flow
+    checks it before its workers, which may have the GPUs it lacks, resolve it)."""
+    spec = (str(spec) if spec is not None else "cpu").strip().lower()
+    if spec != "cpu" and re.fullmatch(r"cuda(:\d+)?", spec) is None:
+        raise ValueError(f"device={spec!r} (--device): choose {DEVICE_HELP}")
+    return spec
+
+
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
     """Device spec (None = cpu) → torch.device; ValueError naming the `device` option when it is unknown or CUDA is missing."""
-    if isinstance(spec, torch.device):
-        spec = str(spec)
-    spec = (spec or "cpu").strip().lower()
+    spec = check_device_spec(spec)
     if spec == "cpu":
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if match is None:
-        raise ValueError(f"device={spec!r} (--device): choose {DEVICE_HELP}")
     if not torch.cuda.is_available():
         raise ValueError(f"device={spec!r} (--device): CUDA is not available on this machine ({_no_cuda_reason()}); pass --device cpu (flow: device='cpu')")
     count = torch.cuda.device_count()

@@ -17,26 +17,27 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from skelpgt.datasets import pseudo_gt
 from skelpgt.datasets.readers import source_files
 from skelpgt.datasets.release import check_rebuild, check_release_name, finalize_release, release_lock
 from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.fitting.device import check_device_spec, resolve_device
 from skelpgt.fitting.models import ensure_models_dir
+from skelpgt.pipelines.runners import task_runner
 
 
 @functools.lru_cache(maxsize=4)
-def _converter(models_dir: str, config: ConvertConfig) -> Converter:
-    """One converter per worker process and configuration (model loading takes seconds)."""
-    return Converter.from_models_dir(models_dir, config)
+def _converter(models_dir: str, config: ConvertConfig, device: str = "cpu") -> Converter:
+    """One converter per worker process, configuration and device (model loading takes seconds)."""
+    return Converter.from_models_dir(models_dir, config, device=device)
 
 
 @task(name="convert-shard", cache_policy=NO_CACHE, retries=1)
-def convert_shard(source: str, out: str, models_dir: str, config: ConvertConfig, torch_threads: int) -> str:
-    """Convert one source shard (skipped when its saved labels are current); returns the labels file."""
+def convert_shard(source: str, out: str, models_dir: str, config: ConvertConfig, torch_threads: int, device: str = "cpu") -> str:
+    """Convert one source shard (skipped when its saved labels are current) on `device` (resolved on the worker); returns the labels file."""
     torch.set_num_threads(torch_threads)  # fixed, so the numbers do not depend on the machine
-    conv = pseudo_gt.convert_source_shard(source, _converter(models_dir, config), out)
+    conv = pseudo_gt.convert_source_shard(source, _converter(models_dir, config, device), out)
     get_run_logger().info(
         "%s: %d labelled, %d unlabelled, %d quarantined in %.1fs", Path(source).name, conv.n_labelled, conv.n_unlabelled, len(conv.quarantine), conv.seconds
     )
@@ -60,26 +61,11 @@ def write_release_shard(conv: pseudo_gt.ShardConversion, label_ids: dict, stage:
     return info
 
 
-def _task_runner(dask_address: str | None):
-    """In-process (one shard at a time; torch uses the cores) or Dask: 'tcp://host:port' or 'local:N'."""
-    if not dask_address:
-        return ThreadPoolTaskRunner(max_workers=1)
-    from prefect_dask import DaskTaskRunner
-
-    if dask_address.startswith("local:"):
-        workers = int(dask_address.split(":", 1)[1])
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None},
-        )
-    return DaskTaskRunner(address=dask_address)
-
-
 @flow(name="convert-shards")
-def convert_shards(sources: list[str], outs: list[str], models_dir: str, config: ConvertConfig, torch_threads: int) -> list[str]:
+def convert_shards(sources: list[str], outs: list[str], models_dir: str, config: ConvertConfig, torch_threads: int, device: str = "cpu") -> list[str]:
     """Map `convert-shard` over the sources, reporting progress as shards finish."""
     progress = create_progress_artifact(0.0, key="build-pseudo-gt-progress", description="source shards converted")
-    futures = convert_shard.map(sources, outs, unmapped(models_dir), unmapped(config), unmapped(torch_threads))
+    futures = convert_shard.map(sources, outs, unmapped(models_dir), unmapped(config), unmapped(torch_threads), unmapped(device))
     for done, _ in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress, 100.0 * done / len(futures))
     return [f.result() for f in futures]
@@ -101,15 +87,21 @@ def build_pseudo_gt(
     dask_address: str | None = None,
     overwrite: bool = False,
     beta_bound: float | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Build release round 0 from HMR2.0-style tars / npz files (default: the synthetic dataset).
 
     An existing round 0 built from other inputs or settings is refused before anything is
     written; `overwrite=true` replaces it (new label rows for changed sources, old rows kept).
     `beta_bound` (e.g. 3, off by default) softly holds |SKEL β| inside HSMR's loader's validity bound.
+    `device` ('cpu', 'cuda', 'cuda:N') is where the converter fits; `cuda` on Dask: each worker's
+    own GPU (fitting.device). Labels are the same up to float rounding, so it is not in the digest.
     """
     logger = get_run_logger()
     check_release_name(release)  # before anything is written anywhere
+    device = check_device_spec(device)
+    if not dask_address:  # in-process: the GPU must be here; Dask workers resolve it themselves
+        resolve_device(device)
     workdir_path = Path(workdir).resolve()
     models = str(ensure_models_dir(models_dir))
     if not inputs:
@@ -119,8 +111,8 @@ def build_pseudo_gt(
         raise ValueError(f"no .tar or .npz input found in {inputs}")
     config = ConvertConfig(method=method, chunk_size=batch_size, smpl_gender=smpl_gender, skel_gender=skel_gender, beta_bound=beta_bound)
     outs = [str(pseudo_gt.conversion_path(workdir_path, release, s)) for s in sources]
-    runner = _task_runner(dask_address)
-    label_files = convert_shards.with_options(task_runner=runner)(sources, outs, models, config, torch_threads)
+    runner = task_runner(dask_address)
+    label_files = convert_shards.with_options(task_runner=runner)(sources, outs, models, config, torch_threads, device)
 
     conversions = pseudo_gt.drop_duplicate_images([_load(f) for f in label_files])
     summary = pseudo_gt.summarize(conversions)

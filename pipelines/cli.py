@@ -8,6 +8,7 @@ import typer
 
 from .errors import OneLineErrors
 
+_DEVICE_HELP = "Where the fits run: cpu (default), cuda or cuda:N; results match the CPU's up to float rounding."
 app = typer.Typer(help="SMPL → SKEL pseudo ground truth: models, data, labels and releases.", no_args_is_help=True, cls=OneLineErrors)
 models_app = typer.Typer(help="Body-model files: make synthetic stand-ins, check a models directory.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -64,6 +65,7 @@ def convert_npz(
     sequence: bool = typer.Option(False, help="Rows are consecutive frames of one person: continuous joint-angle curves (Euler branch nearest the previous frame, gimbal lock handled)."),
     shared_betas: bool = typer.Option(False, help="With --sequence: one SKEL β for the whole sequence."),
     beta_bound: float = typer.Option(None, help="Soft bound on |SKEL β| (e.g. 3: HSMR's loader drops labels beyond it); off by default."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
 ) -> None:
     """Convert SMPL parameters in an npz file to SKEL, with per-person fit metrics."""
     import numpy as np
@@ -85,7 +87,7 @@ def convert_npz(
     if sequence and len(groups) > 1:
         raise typer.BadParameter(f"{input_npz}: field 'gender': --sequence needs one person (one gender), found {sorted(groups)}")
     config = ConvertConfig(method=method, skel_gender=gender, smpl_gender=next(iter(groups)), chunk_size=batch, beta_bound=beta_bound)
-    base = Converter.from_models_dir(ensure_models_dir(models_dir), config)
+    base = Converter.from_models_dir(ensure_models_dir(models_dir), config, device=device)
     sides = {"": (smpl["pose"], smpl["trans"])}
     if flip:
         sides["flip_"] = (mirror_smpl_pose(smpl["pose"]), mirror_translation(smpl["trans"]))
@@ -219,15 +221,19 @@ def refine_cmd(
     batch_size: int = typer.Option(64, help="Person sides per SKELify batch."),
     camera: str = typer.Option("fit-focal", help="Camera of the fits: fit-focal (dataset intrinsics, else each image's focal fitted from its people), full-image (else CLIFF's estimate), source, or crop (HSMR's)."),
     models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
 ) -> None:
     """One SKELify refinement round: round N → N+1 (labels, history and release); rerun to resume."""
-    from skelpgt.datasets.refine import predict_round, refine_round
+    from skelpgt.datasets.refine import refine_round
     from skelpgt.datasets.release import list_rounds
     from skelpgt.fitting.keypoints import KeypointRegressor
     from skelpgt.fitting.models import ensure_models_dir
     from skelpgt.fitting.skel import SKEL
+    from skelpgt.fitting.device import resolve_device
     from skelpgt.fitting.skelify import Skelify, SkelifyConfig
+    from skelpgt.model.predict import predict_round
 
+    device = str(resolve_device(device))  # before any work: an unknown device or a missing GPU is one line
     models = ensure_models_dir(models_dir)
     rounds = list_rounds(workdir / "releases" / release)
     if not rounds:
@@ -235,8 +241,8 @@ def refine_cmd(
     start = rounds[-1] if from_round is None else from_round
     if checkpoint is not None and not checkpoint.is_file():
         raise typer.BadParameter(f"{checkpoint}: no such checkpoint file")
-    predictions, digest = predict_round(checkpoint, workdir, release, start, models) if checkpoint else (None, "")
-    skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations))
+    predictions, digest = predict_round(checkpoint, workdir, release, start, models, device=device) if checkpoint else (None, "")
+    skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations), device=device)
     report = refine_round(workdir, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size, camera=camera)
     typer.echo(f"round {report.round}: {report.changed} changed, {report.kept} kept, {report.skipped} skipped; "
                f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}"
@@ -250,11 +256,13 @@ def predict_cmd(
     out: Path = typer.Argument(..., help="Where to write the predictions (.npz)."),
     round: int = typer.Option(None, help="Round (default: latest)."),
     models_dir: Path = typer.Option(None, help="Models directory (default: $SKELPGT_MODELS_DIR or the stand-ins)."),
+    device: str = typer.Option("cpu", help="Where the regressor runs: cpu (default), cuda or cuda:N."),
 ) -> None:
     """Per-sample regressor predictions (poses, betas, camera, 2D keypoints) for a refinement round."""
+    from skelpgt.fitting.device import resolve_device
     from skelpgt.model.predict import predict
 
-    info = predict(checkpoint, release, out, round=round, models_dir=models_dir)
+    info = predict(checkpoint, release, out, round=round, models_dir=models_dir, device=str(resolve_device(device)))
     typer.echo(f"{out}: {info}")
 
 
