@@ -1,7 +1,7 @@
 """Training loop: AdamW, checkpoints that resume exactly, torchrun DDP (gloo on CPU, nccl on GPU).
 
 `train(TrainConfig(...)) -> dict` runs `steps` optimiser steps (one batch per step per rank) and
-returns {'losses': [total per step run], 'terms': [...], 'step', 'checkpoint', 'images_per_s'}.
+returns {'losses': [total per step run], 'terms': [...], 'start_step', 'step', 'checkpoint', 'images_per_s'}.
 
 Checkpoints (`<out_dir>/step-NNNNNN.pt` every `ckpt_every` steps and at the end, plus a copy as
 `last.pt`) hold model, optimiser, step, data position (batches consumed per rank), torch / NumPy /
@@ -79,9 +79,30 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        d["data"] = DataConfig.from_dict(d["data"])
+        data = dict(d["data"])
+        for name in ("mix", "pelvis_frame"):  # JSON turns the nested tuples into lists
+            if data.get(name) is not None:
+                data[name] = tuple(map(tuple, data[name]))
+        d["data"] = DataConfig.from_dict(data)
         d["weights"] = LossWeights(**d.get("weights", {}))
         return cls(**d)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """Write the config as JSON to `path` atomically (what `--config` and `read_json` read back); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read_json(cls, path: str | os.PathLike) -> TrainConfig:
+        """The TrainConfig written by `write_json` (equal to the one written); a clear error naming the file otherwise."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a TrainConfig JSON file ({type(e).__name__}: {e})") from e
 
 
 RECIPES: dict[str, dict] = {
@@ -247,7 +268,7 @@ def train(cfg: TrainConfig) -> dict:
     elapsed = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    result = {"losses": losses, "terms": terms_log, "step": step, "checkpoint": str(ckpt) if ckpt else None,
+    result = {"losses": losses, "terms": terms_log, "start_step": start, "step": step, "checkpoint": str(ckpt) if ckpt else None,
               "images_per_s": n_img * world / elapsed if elapsed > 0 else float("nan"), "rank": rank, "world": world,
               "backbone_report": getattr(model.module if hasattr(model, "module") else model, "backbone_report", None),
               "sources": sources}  # fmt: skip
@@ -257,12 +278,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m skelpgt.model.train RELEASE OUT_DIR [--steps N ...]` (works under torchrun)."""
+    """`python -m skelpgt.model.train RELEASE OUT_DIR [--steps N ...]` or `... --config CFG.json` (works under torchrun)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("release", help="release folder or HSMR-v1 tar set ('/data/aic/{000000..000209}.tar', a glob, a folder)")
-    ap.add_argument("out_dir")
+    ap.add_argument("release", nargs="?", help="release folder or HSMR-v1 tar set ('/data/aic/{000000..000209}.tar', a glob, a folder)")
+    ap.add_argument("out_dir", nargs="?")
+    ap.add_argument("--config", help="a TrainConfig JSON file (TrainConfig.write_json, as train-regressor writes it); replaces every other option")
     ap.add_argument("--arch", default="vit-tiny")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -276,14 +298,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mix", action="append", default=[], metavar="SOURCE=WEIGHT",
                     help="another source (release folder or tar set) mixed with RELEASE (weight 1) by weight, HSMR's RandomMix; repeatable")
     a = ap.parse_args(argv)
-    extra = tuple((spec, float(w)) for spec, _, w in (m.rpartition("=") for m in a.mix))
-    mix = ((a.release, 1.0), *extra) if extra else None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = TrainConfig(
-        data=DataConfig(release=a.release, batch_size=a.batch_size, seed=a.seed, mix=mix), out_dir=a.out_dir, arch=a.arch,
-        steps=a.steps, lr=a.lr, num_workers=a.workers, ckpt_every=a.ckpt_every, seed=a.seed, models_dir=a.models_dir,
-        backbone_weights=a.backbone_weights, resume=a.resume, progress=True,
-    )  # fmt: skip
+    if a.config and (a.release or a.out_dir):
+        ap.error("--config replaces RELEASE and OUT_DIR (and every other option): give one or the other")
+    if not a.config and not (a.release and a.out_dir):
+        ap.error("give RELEASE and OUT_DIR, or --config CFG.json")
+    # every rank logs to the same stream under torchrun: the rank on each line says whose it is
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {dist_info()[0]}] %(message)s")
+    if a.config:
+        cfg = TrainConfig.read_json(a.config)
+    else:
+        extra = tuple((spec, float(w)) for spec, _, w in (m.rpartition("=") for m in a.mix))
+        mix = ((a.release, 1.0), *extra) if extra else None
+        cfg = TrainConfig(
+            data=DataConfig(release=a.release, batch_size=a.batch_size, seed=a.seed, mix=mix), out_dir=a.out_dir, arch=a.arch,
+            steps=a.steps, lr=a.lr, num_workers=a.workers, ckpt_every=a.ckpt_every, seed=a.seed, models_dir=a.models_dir,
+            backbone_weights=a.backbone_weights, resume=a.resume, progress=True,
+        )  # fmt: skip
     r = train(cfg)
     if r["rank"] == 0:
         print(json.dumps({k: v for k, v in r.items() if k not in ("terms", "losses")}))

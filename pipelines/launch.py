@@ -95,4 +95,7 @@ def failure_line(rc: int, log: Path) -> str:
     rank = re.search(r"^\s*rank\s*:\s*(\d+)", tail, re.M)
     code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", tail, re.M)
     who = f": rank {rank.group(1)} failed with exit code {code.group(1)}" if rank and code else ""
-    return f"training under torchrun exited with code {rc}{who}; see {log}"
+    # a rank's own exception (printed before torchrun's summary), not torchrun's ChildFailedError
+    errors = [m.group(1) for m in re.finditer(r"^(?:\[rank\d+\]: )?(\w+(?:Error|Exception): .+)$", text, re.M) if not m.group(1).startswith("ChildFailedError")]
+    why = f" ({errors[-1][:300]})" if errors else ""
+    return f"training under torchrun exited with code {rc}{who}{why}; see {log}"
