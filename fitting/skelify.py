@@ -255,6 +255,7 @@ class Skelify:
 
     def _goal(self, kp2d: Tensor, focal: Tensor | None = None, principal: Tensor | None = None, start: Tensor | None = None) -> dict[str, Tensor]:
         """Targets of the residuals: keypoints, weights, camera and the start q (default 0) the fit is pulled towards."""
+        kp2d = self._on(kp2d)
         focal, principal = self.intrinsics(kp2d.shape[0], focal, principal)
         start = torch.zeros(kp2d.shape[0], NUM_DOFS, device=self.device) if start is None else self._on(start)
         kp = self.weighted(kp2d)
