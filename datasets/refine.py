@@ -54,7 +54,9 @@ source), not recomputed; see schema.md §4 for why.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -69,13 +71,14 @@ from skelpgt.fitting.keypoints import flip_keypoints_normalised
 from skelpgt.fitting.mirror import mirror_pose
 from skelpgt.fitting.skelify import Skelify, acceptance_score
 
+from .atomic import atomic_write_bytes
 from .labelstore import LabelStore
-from .pseudo_gt import SIDES, code_version, digest_of, release_samples
+from .pseudo_gt import SIDES, clear_staging, code_version, digest_of, quarantined_keys, release_samples_of, source_images
 from .quarantine import read_quarantine
-from .readers import read_source
 from .records import SkelLabel
-from .release import QUARANTINE, read_manifest, resolve_round, write_release
+from .release import QUARANTINE, finalize_release, read_manifest, release_lock, resolve_round
 from .rounds import dataset_meta
+from .shards import ShardInfo, ShardWriter
 
 
 @dataclass
@@ -104,6 +107,71 @@ FOCAL_SEARCH = {"span": 4.0, "steps": 25, "iterations": 24, "floor": 1e-3, "prio
 FOCAL_CHUNK = 1024  # people per focal-fit call (whole images; bounds its (people × grid) memory)
 
 
+@dataclass
+class ChunkJob:
+    """One chunk of a round: up to `batch_size` persons of one side with all SKELify needs (numpy, so it pickles small).
+
+    kp (B,44,3) normalised crop units (mirrored for 'flip'); focal (B,), principal (B,2) normalised
+    crop units (NaN: HSMR's crop camera); poses (B,46) rad and betas (B,10) of the current labels
+    (label ids `parent_ids`); pred_* the regressor's starts where `have_pred` (else the label's);
+    `committed`: label ids an earlier run already appended for this chunk (then it is only scored)."""
+
+    index: int
+    side: str
+    keys: list[str]
+    parent_ids: np.ndarray
+    kp: np.ndarray
+    focal: np.ndarray
+    principal: np.ndarray
+    poses: np.ndarray
+    betas: np.ndarray
+    pred_poses: np.ndarray | None
+    pred_betas: np.ndarray | None
+    have_pred: np.ndarray | None
+    committed: np.ndarray | None
+    digest: str = ""
+
+    def file_name(self) -> str:
+        """Name of this chunk's candidate file: position and a digest of every input, so a stale file is never read."""
+        return f"{self.index:06d}-{self.side}-{self.digest}.npz"
+
+
+@dataclass
+class RoundPlan:
+    """Everything a round needs after reading round N: its config, the chunk jobs, and the release layout.
+
+    `images`: per source, its release stream's images (quarantined persons left out, as
+    `pseudo_gt.release_samples` writes them), each as its labelled person keys; the release is cut
+    from that stream and `skips` holds each source's quarantined keys."""
+
+    workdir: Path
+    release: str
+    from_round: int
+    manifest: dict
+    config: dict
+    config_digest: str
+    checkpoint_digest: str
+    labels: dict
+    jobs: list[ChunkJob]
+    quarantine: list
+    images: list[tuple[str, list[list[str]]]]
+    skips: dict[str, set[str]]
+
+    @property
+    def to_round(self) -> int:
+        return self.from_round + 1
+
+    @property
+    def candidates_dir(self) -> Path:
+        """Where the chunk tasks leave their candidates (kept: the round's audit trail and its resume cache)."""
+        return self.workdir / "refine" / self.release / f"round-{self.to_round}-{self.config_digest}"
+
+    @property
+    def samples_per_shard(self) -> int:
+        """Round N's images per shard, so round N+1 is cut the same way."""
+        return max(1, self.manifest["counts"]["samples"] // max(1, len(self.manifest["shards"])))
+
+
 def refine_round(
     workdir: str | os.PathLike,
     release: str,
@@ -114,19 +182,44 @@ def refine_round(
     batch_size: int = 64,
     camera: str = "fit-focal",
 ) -> RoundReport:
-    """Refine release `release` round `from_round` into round `from_round + 1` (store + release).
+    """Refine release `release` round `from_round` into round `from_round + 1` (store + release), in this process.
 
+    The same steps as the `refine-labels` flow, one after the other: `plan_round`, `run_chunk` per
+    job, `record_round` (the only store writer), `write_round_shard` per release shard, `finish_round`.
     With `predictions`, every person side with a prediction gets a second SKELify candidate
     started from it; the better-scoring candidate challenges the current label. `camera`: one of
     CAMERAS, where the per-person intrinsics come from (module docstring).
     """
+    plan = plan_round(workdir, release, from_round, skelify, predictions, checkpoint_digest, batch_size, camera)
+    files = [run_chunk(job, skelify, plan.candidates_dir) for job in plan.jobs]
+    new_labels, totals = record_round(plan, files)
+    with release_lock(plan.workdir, release):
+        stage = clear_staging(plan.workdir, release, plan.to_round)
+        infos = []
+        for index, part in enumerate(release_parts(plan)):
+            labels, skips = part_inputs(plan, part, new_labels)
+            infos.append(write_round_shard(part, labels, skips, stage, index=index, release=release, round=plan.to_round))
+        return finish_round(plan, infos, totals)
+
+
+def plan_round(
+    workdir: str | os.PathLike,
+    release: str,
+    from_round: int,
+    skelify: Skelify,
+    predictions: Predictions | None = None,
+    checkpoint_digest: str = "",
+    batch_size: int = 64,
+    camera: str = "fit-focal",
+) -> RoundPlan:
+    """Read round `from_round` (labels, sources, cameras) → the round's config and its chunk jobs (fixed
+    chunks of `batch_size` persons per side, so reruns and any number of workers see the same numbers)."""
     if camera not in CAMERAS:
         raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
     workdir = Path(workdir)
     folder = resolve_round(workdir / "releases" / release, from_round)
     manifest = read_manifest(folder)
     sources = manifest["config"]["sources"]
-    to_round = from_round + 1
     config = {
         "skelify": vars(skelify.config), "checkpoint_digest": checkpoint_digest, "from_round": from_round,
         "camera": {"mode": camera, "sources": [_describe_camera(s, camera) for s in sources]},
@@ -134,66 +227,174 @@ def refine_round(
     config_digest = digest_of(config)
     with LabelStore(workdir / "labels.h5", "r") as store:
         labels = store.skel_labels(from_round)
-        committed = _committed_rows(store, to_round, config_digest)
-    people: dict = {}
-    for r in read_source(sources):
-        if r.key in labels:
-            people.setdefault(r.key, r)  # an image key seen in two sources: the release kept the first copy
+        committed = _committed_rows(store, from_round + 1, config_digest)
+    quarantine = read_quarantine(folder / QUARANTINE)
+    skips = dict(zip(sources, quarantined_keys(sources, quarantine)))
+    people, images = _read_people(sources, labels, skips)
     keys = sorted(people)
     intrinsics = intrinsics_px(people, camera)
     if camera == "fit-focal":
         intrinsics = fit_image_focals(people, labels, skelify, intrinsics, declared=intrinsics_px(people, "source"))
-    new_labels = {key: list(labels[key]) for key in keys}
+    jobs = []
+    for side_index, side in enumerate(SIDES):
+        for start in range(0, len(keys), batch_size):
+            chunk = [k for k in keys[start : start + batch_size] if labels[k][side_index] is not None]
+            if chunk:
+                jobs.append(_job(len(jobs), chunk, side, side_index, people, labels, intrinsics, predictions, committed, config_digest))
+    return RoundPlan(workdir, release, from_round, manifest, config, config_digest, checkpoint_digest, labels, jobs, quarantine, images, skips)
+
+
+def _read_people(sources: list[str], labels: dict, skips: dict) -> tuple[dict, list[tuple[str, list[list[str]]]]]:
+    """One pass over the sources → ({labelled person key: PersonRecord}, [(source, [labelled keys of each image of its release stream])])."""
+    people: dict = {}
+    images = []
+    for source in sources:
+        per_image = []
+        for _, persons in source_images(source, skips[source]):
+            per_image.append([r.key for r in persons if r.key in labels])
+            for r in persons:
+                if r.key in labels:
+                    people.setdefault(r.key, r)  # an image key seen in two sources: the release kept the first copy
+        images.append((source, per_image))
+    return people, images
+
+
+def _job(index, chunk, side, side_index, people, labels, intrinsics, predictions, committed, config_digest) -> ChunkJob:
+    """The ChunkJob of persons `chunk` on `side` (inputs gathered exactly as SKELify will see them)."""
+    current = [labels[k][side_index] for k in chunk]
+    focal, principal = crop_camera(chunk, side, people, intrinsics)
+    poses = np.stack([c.poses for c in current])
+    betas = np.stack([c.betas for c in current])
+    pred = [predictions.get(k, {}).get(side) for k in chunk] if predictions else []
+    have = np.array([p is not None for p in pred], dtype=bool)
+    pred_poses = pred_betas = have_pred = None
+    if have.any():
+        # Persons without a prediction start from their label again (the batch keeps its shape, so
+        # every person's numbers stay independent of who else has a prediction) and lose the vote.
+        pred_poses = np.stack([np.asarray(p[0], np.float32) if p is not None else poses[j] for j, p in enumerate(pred)]).astype(np.float32)
+        pred_betas = np.stack([np.asarray(p[1], np.float32) if p is not None else betas[j] for j, p in enumerate(pred)]).astype(np.float32)
+        have_pred = have
+    parent_ids = np.array([c.label_id for c in current], np.int64)
+    ids = [committed.get((k, side, int(i))) for k, i in zip(chunk, parent_ids)]
+    job = ChunkJob(
+        index, side, chunk, parent_ids, _keypoints(chunk, side, people).numpy(), focal.numpy(), principal.numpy(),
+        poses, betas, pred_poses, pred_betas, have_pred, None if any(i is None for i in ids) else np.array(ids, np.int64),
+    )  # fmt: skip
+    digest = hashlib.sha256(config_digest.encode() + "\0".join(chunk).encode() + side.encode())
+    for a in (parent_ids, job.kp, job.focal, job.principal, poses, betas, pred_poses, pred_betas, have_pred):
+        digest.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+    job.digest = digest.hexdigest()[:16]
+    return job
+
+
+def score_and_fit(job: ChunkJob, skelify: Skelify) -> dict[str, np.ndarray]:
+    """A chunk's current labels scored ('before_*') and, unless already committed, its best SKELify candidate
+    and the accept decision: poses (B,46), betas (B,10), kp2d_err, limit_violation (°), accepted (B,)."""
+    to = lambda a: torch.from_numpy(a).to(skelify.device)  # noqa: E731
+    kp, cam, poses, betas = to(job.kp), (to(job.focal), to(job.principal)), to(job.poses), to(job.betas)
+    before = skelify.evaluate(kp, poses, betas, None, *cam)
+    out = {"before_kp2d_err": before.kp2d_err, "before_violation": before.limit_violation}
+    if job.committed is None:
+        pred = None if job.have_pred is None else (to(job.pred_poses), to(job.pred_betas), to(job.have_pred))
+        best = _best_candidate(skelify, kp, cam, poses, betas, pred)
+        out.update(best, accepted=skelify.accept(kp, before, best["poses"], best["betas"], best["kp2d_err"], best["score"]))
+        del out["score"]
+    return {name: value.cpu().numpy() for name, value in out.items()}
+
+
+def run_chunk(job: ChunkJob, skelify: Skelify, folder: str | os.PathLike) -> Path:
+    """`score_and_fit` one job into `folder`/<job file> (atomic; an existing file of the same inputs is reused) → its path."""
+    path = Path(folder) / job.file_name()
+    if not path.is_file():
+        buf = io.BytesIO()
+        np.savez(buf, **score_and_fit(job, skelify))
+        atomic_write_bytes(path, buf.getvalue(), fsync=False)  # a torn file cannot be: rename is atomic; lost = refitted
+    return path
+
+
+def record_round(plan: RoundPlan, files: list[str | os.PathLike]) -> tuple[dict, dict]:
+    """The round's only store writer: append each chunk's candidates (in job order; chunks an earlier run
+    committed are read back), set round N+1's current labels → ({key: [orig, flip] SkelLabel}, totals)."""
+    new_labels = {key: list(plan.labels[key]) for _, per_image in plan.images for image in per_image for key in image}
     totals = {"changed": 0, "kept": 0, "skipped": 0, "before": [], "after": [], "vb": [], "va": []}
     kill_after = int(os.environ.get(KILL_ENV) or 0)
     fitted = 0
-    with LabelStore(workdir / "labels.h5", "a") as store:
-        for side_index, side in enumerate(SIDES):
-            for start in range(0, len(keys), batch_size):  # fixed batches: reruns see the same numbers
-                chunk = [k for k in keys[start : start + batch_size] if labels[k][side_index] is not None]
-                if not chunk:
-                    continue
-                current = [labels[k][side_index] for k in chunk]
-                kp = _keypoints(chunk, side, people)
-                cam = crop_camera(chunk, side, people, intrinsics)
-                poses = torch.from_numpy(np.stack([c.poses for c in current]))
-                betas = torch.from_numpy(np.stack([c.betas for c in current]))
-                before = skelify.evaluate(kp, poses, betas, None, *cam)
-                ids = [committed.get((k, side, c.label_id)) for k, c in zip(chunk, current)]
-                if any(i is None for i in ids):  # not (fully) committed by an interrupted run: fit it
-                    best = _best_candidate(skelify, kp, cam, poses, betas, chunk, side, predictions)
-                    accept = skelify.accept(kp, before, best["poses"], best["betas"], best["kp2d_err"], best["score"])
-                    ids = store.append(
-                        {
-                            "sample_key": chunk, "side": side, "round": to_round, "producer": "skelify",
-                            "parent_label_id": [c.label_id for c in current], "poses": best["poses"].numpy(),
-                            "betas": best["betas"].numpy(), "trans": np.stack([c.trans for c in current]),
-                            "kp2d_err": best["kp2d_err"].numpy(), "limit_violation": best["limit_violation"].numpy(),
-                            "accepted": accept.numpy(), "config_digest": config_digest, "code_version": code_version(),
-                            "checkpoint_digest": checkpoint_digest,
-                            "source_digest": _source_digests(store, [c.label_id for c in current]),
-                        }
-                    ).tolist()  # fmt: skip
-                    fitted += 1
-                    if kill_after and fitted >= kill_after:
-                        os.kill(os.getpid(), signal.SIGKILL)  # test hook (module docstring)
-                # What the store holds is what gets released, whether fitted now or by an earlier run.
-                rows = _rows_in_order(store, ids)
-                store.set_current(to_round, [i if a else c.label_id for i, a, c in zip(ids, rows["accepted"].tolist(), current)])
-                _tally(totals, chunk, side_index, current, before, rows, new_labels)
-        store.carry_forward(from_round, to_round)  # unlabelled or skipped persons keep their label
-    quarantine = read_quarantine(folder / QUARANTINE)
-    out_manifest = write_release(
-        workdir, release, to_round,
-        release_samples(sources, {k: tuple(v) for k, v in new_labels.items()}, round=to_round, release=release, quarantine=quarantine),
-        quarantine=quarantine, parent_round=from_round, config={**manifest["config"], "refine": config},
-        code_version=code_version(), samples_per_shard=max(1, manifest["counts"]["samples"] // max(1, len(manifest["shards"]))),
-        overwrite=True,
+    version = code_version()
+    with LabelStore(plan.workdir / "labels.h5", "a") as store:
+        for job, file in zip(plan.jobs, files, strict=True):
+            with np.load(file) as data:
+                cand = dict(data)
+            current = [plan.labels[k][SIDES.index(job.side)] for k in job.keys]
+            ids = job.committed
+            if ids is None:
+                ids = store.append(
+                    {
+                        "sample_key": job.keys, "side": job.side, "round": plan.to_round, "producer": "skelify",
+                        "parent_label_id": job.parent_ids, "poses": cand["poses"], "betas": cand["betas"],
+                        "trans": np.stack([c.trans for c in current]), "kp2d_err": cand["kp2d_err"],
+                        "limit_violation": cand["limit_violation"], "accepted": cand["accepted"],
+                        "config_digest": plan.config_digest, "code_version": version, "checkpoint_digest": plan.checkpoint_digest,
+                        "source_digest": _source_digests(store, job.parent_ids.tolist()),
+                    }
+                )  # fmt: skip
+                fitted += 1
+                if kill_after and fitted >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook (module docstring)
+            # What the store holds is what gets released, whether fitted now or by an earlier run.
+            rows = _rows_in_order(store, ids.tolist())
+            store.set_current(plan.to_round, [i if a else c.label_id for i, a, c in zip(ids.tolist(), rows["accepted"].tolist(), current)])
+            _tally(totals, job, cand, current, rows, new_labels)
+        store.carry_forward(plan.from_round, plan.to_round)  # unlabelled or skipped persons keep their label
+    return new_labels, totals
+
+
+def release_parts(plan: RoundPlan) -> list[list[tuple[str, int, int]]]:
+    """Round N+1's release shards as [(source, first image, end image)] runs of the sources' image streams, `samples_per_shard` each."""
+    size = plan.samples_per_shard
+    parts: list[list[tuple[str, int, int]]] = []
+    filled = size
+    for source, per_image in plan.images:
+        start = 0
+        while start < len(per_image):
+            if filled == size:
+                parts.append([])
+                filled = 0
+            take = min(size - filled, len(per_image) - start)
+            parts[-1].append((source, start, start + take))
+            start, filled = start + take, filled + take
+    return parts
+
+
+def part_inputs(plan: RoundPlan, part: list[tuple[str, int, int]], labels: dict) -> tuple[dict, dict]:
+    """What one release shard's writer needs, and no more (it may run on another machine): its persons'
+    labels ({key: [orig, flip]}) and its sources' quarantined keys."""
+    per_image = dict(plan.images)
+    keys = [k for source, first, end in part for image in per_image[source][first:end] for k in image]
+    return {k: labels[k] for k in keys}, {source: plan.skips[source] for source, _, _ in part}
+
+
+def write_round_shard(
+    part: list[tuple[str, int, int]], labels: dict, skips: dict, stage: str | os.PathLike, *, index: int, release: str, round: int
+) -> ShardInfo:
+    """Release shard `index` in `stage`: the images of `part` (`release_parts`) with their labels; `skips`: {source: quarantined keys}."""
+    with ShardWriter(stage, prefix=release, samples_per_shard=1 << 30, start_index=index) as writer:
+        for source, first, end in part:
+            images = itertools.islice(source_images(source, skips[source]), first, end)
+            for sample in release_samples_of(images, labels, round=round, release=release):
+                writer.write(sample)
+    return writer.infos[0]
+
+
+def finish_round(plan: RoundPlan, infos: list[ShardInfo], totals: dict) -> RoundReport:
+    """Manifest + quarantine of round N+1 from its staged shards (the caller holds the release lock) → the round's report."""
+    manifest = finalize_release(
+        plan.workdir, plan.release, plan.to_round, shard_infos=infos, quarantine=plan.quarantine, parent_round=plan.from_round,
+        config={**plan.manifest["config"], "refine": plan.config}, code_version=code_version(), overwrite=True,
     )  # fmt: skip
     mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     return RoundReport(
-        to_round, totals["changed"], totals["kept"], totals["skipped"],
-        mean(totals["before"]), mean(totals["after"]), mean(totals["vb"]), mean(totals["va"]), out_manifest,
+        plan.to_round, totals["changed"], totals["kept"], totals["skipped"],
+        mean(totals["before"]), mean(totals["after"]), mean(totals["vb"]), mean(totals["va"]), manifest,
     )  # fmt: skip
 
 
@@ -203,28 +404,6 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
         keys, poses, betas = data["key"], data["poses"].astype(np.float32), data["betas"].astype(np.float32)
     flipped = mirror_pose(torch.from_numpy(poses)).numpy()
     return {str(k): {"orig": (poses[i], betas[i]), "flip": (flipped[i], betas[i])} for i, k in enumerate(keys.tolist())}
-
-
-def predict_round(
-    checkpoint: str | os.PathLike, workdir: str | os.PathLike, release: str, round: int, models_dir: str | os.PathLike | None = None
-) -> tuple[Predictions, str]:
-    """Regressor predictions for every person of release round `round` → (Predictions, sha256 of the checkpoint).
-
-    Cached as `<workdir>/predictions/<release>/round-<k>-<checkpoint sha256[:16]>.npz` (written
-    under a temporary name and renamed, so an interrupted prediction is never reused).
-    """
-    from .shards import sha256_file
-
-    digest = sha256_file(checkpoint)
-    out = Path(workdir) / "predictions" / release / f"round-{int(round)}-{digest[:16]}.npz"
-    if not out.is_file():
-        from skelpgt.model.predict import predict
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name[: -len(".npz")] + ".tmp.npz")  # np.savez keeps a '.npz' suffix as is
-        predict(checkpoint, Path(workdir) / "releases" / release, tmp, round=int(round), models_dir=models_dir)
-        os.replace(tmp, out)
-    return load_predictions(out), digest
 
 
 def _committed_rows(store: LabelStore, round: int, config_digest: str) -> dict[tuple[str, str, int], int]:
@@ -347,7 +526,7 @@ def _fit_focal_batch(images: dict, people: dict, labels: dict, skelify: Skelify,
     betas = torch.from_numpy(np.stack([labels[k][0].betas for k in keys]))
     size = torch.from_numpy(np.stack([people[k].scale for k in keys])).double().amax(-1) * 200.0
     start = torch.tensor([intrinsics[image_keys[0]][0] for image_keys in images.values()], dtype=torch.float64)
-    focal = fit_focal(skelify.relative_keypoints(q, betas), kp, size, group, start, **FOCAL_SEARCH)
+    focal = fit_focal(skelify.relative_keypoints(q, betas).cpu(), kp, size, group, start, **FOCAL_SEARCH)  # the search runs on the CPU
     return {image: float(f) for image, f in zip(images, focal.tolist())}
 
 
@@ -373,39 +552,35 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _best_candidate(skelify, kp, cam, poses, betas, chunk, side, predictions) -> dict[str, torch.Tensor]:
-    """SKELify from the current label and, where there is one, from the prediction; the better per person.
+def _best_candidate(skelify, kp, cam, poses, betas, pred) -> dict[str, torch.Tensor]:
+    """SKELify from the current label and, where `pred` (q, β, have) has one, from the prediction; the better per person.
 
     Each start gets its translation solved under the person's camera `cam` (focal, principal point)."""
     candidates = [skelify.fit(kp, poses, betas, None, *cam)]
-    pred = [predictions.get(k, {}).get(side) for k in chunk] if predictions else []
-    have = torch.tensor([p is not None for p in pred], dtype=torch.bool)
-    if have.any():
-        # Persons without a prediction start from their label again (the batch keeps its shape, so
-        # every person's numbers stay independent of who else has a prediction) and lose the vote.
-        q = torch.stack([torch.as_tensor(p[0]) if p is not None else poses[j] for j, p in enumerate(pred)]).float()
-        b = torch.stack([torch.as_tensor(p[1]) if p is not None else betas[j] for j, p in enumerate(pred)]).float()
+    if pred is not None:
+        q, b, have = pred
         fit = skelify.fit(kp, q, b, None, *cam)
-        fit.score = torch.where(have, fit.score, torch.full_like(fit.score, float("inf")))
+        fit.score = torch.where(have, fit.score, torch.full_like(fit.score, float("inf")))  # no prediction: loses the vote
         candidates.append(fit)
     scores = torch.stack([torch.nan_to_num(c.score, nan=float("inf")) for c in candidates])
     best_index = scores.argmin(0)  # ties go to the label-started candidate
-    rows = torch.arange(len(chunk))
+    rows = torch.arange(len(kp), device=kp.device)
     return {f: torch.stack([getattr(c, f) for c in candidates])[best_index, rows] for f in ("poses", "betas", "kp2d_err", "limit_violation", "score")}
 
 
-def _tally(totals, chunk, side_index, current, before, rows, new_labels) -> None:
+def _tally(totals, job: ChunkJob, cand: dict, current, rows, new_labels) -> None:
     """Count one chunk's decisions and put its accepted labels into the round's label set."""
     score = acceptance_score(torch.from_numpy(rows["kp2d_err"]), torch.from_numpy(rows["limit_violation"]), torch.from_numpy(rows["betas"]))
-    for j, key in enumerate(chunk):
+    side_index = SIDES.index(job.side)
+    for j, key in enumerate(job.keys):
         chosen = bool(rows["accepted"][j])
         skipped = not bool(torch.isfinite(score[j]))
         totals["skipped"] += skipped
         totals["changed" if chosen else "kept"] += not skipped
-        totals["before"].append(float(before.kp2d_err[j]))
-        totals["vb"].append(float(before.limit_violation[j]))
-        totals["after"].append(float(rows["kp2d_err"][j] if chosen else before.kp2d_err[j]))
-        totals["va"].append(float(rows["limit_violation"][j] if chosen else before.limit_violation[j]))
+        totals["before"].append(float(cand["before_kp2d_err"][j]))
+        totals["vb"].append(float(cand["before_violation"][j]))
+        totals["after"].append(float(rows["kp2d_err"][j] if chosen else cand["before_kp2d_err"][j]))
+        totals["va"].append(float(rows["limit_violation"][j] if chosen else cand["before_violation"][j]))
         if chosen:
             old = current[j]
             new_labels[key][side_index] = SkelLabel(

@@ -4,15 +4,25 @@
 `poses` (N,46), `betas` (N,10), `cam` (N,3) weak-perspective (s, tx, ty), `cam_t` (N,3) crop-camera
 translation, `kp2d` (N,44,2) projected keypoints in normalised crop units; no augmentation, crops
 as in training (center/scale of the release).
+
+A refinement round's predictions are made per release shard (`predict_shard`, one task each in the
+`refine-labels` flow, so they spread over workers like the fits) and joined in shard order into
+`<workdir>/predictions/<release>/round-<k>-<checkpoint sha256[:16]>.npz` (`join_predictions`).
+Every file is written under a temporary name and renamed: an interrupted prediction is never reused.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from skelpgt.datasets.refine import Predictions, load_predictions
+from skelpgt.datasets.release import read_manifest, round_dir
+from skelpgt.datasets.shards import sha256_file
 from skelpgt.fitting.camera import FOCAL_NORMALISED
+from skelpgt.fitting.models import ensure_models_dir
 
 from .data import DataConfig, eval_batches
 from .evaluate import load_model
@@ -22,8 +32,7 @@ from .network import cam_translation, pelvis_frame
 
 @torch.no_grad()
 def predict(checkpoint, release, out, *, round=None, split=None, models_dir=None, batch_size=16, device="cpu") -> dict:
-    from skelpgt.fitting.models import ensure_models_dir
-
+    """Checkpoint + release (or tar set) → `out` .npz of per-person predictions (module docstring); {'path', 'n'}."""
     model, _ = load_model(checkpoint, device)
     body = BodyModel(ensure_models_dir(models_dir)).to(device)
     frame = tuple(map(tuple, pelvis_frame(body.skel).double().tolist()))
@@ -38,8 +47,60 @@ def predict(checkpoint, release, out, *, round=None, split=None, models_dir=None
         cols["cam"].append(pred["cam"].cpu().numpy())
         cols["cam_t"].append(cam_translation(pred["cam"], FOCAL_NORMALISED).cpu().numpy())
         cols["kp2d"].append(projected_keypoints(kp, pred["cam"]).cpu().numpy())
-    arrays = {k: (np.asarray(v) if k == "key" else np.concatenate(v).astype(np.float32)) for k, v in cols.items()}
+    arrays = {k: (np.asarray(v, dtype=str) if k == "key" else _joined(v, _WIDTHS[k])) for k, v in cols.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     return {"path": str(out), "n": len(arrays["key"])}
+
+
+_WIDTHS = {"poses": (46,), "betas": (10,), "cam": (3,), "cam_t": (3,), "kp2d": (44, 2)}  # per-person shapes
+
+
+def _joined(parts: list[np.ndarray], width: tuple[int, ...]) -> np.ndarray:
+    """Batches → one float32 array ((0, *width) when a shard keeps no person)."""
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, *width), np.float32)
+
+
+def round_predictions(checkpoint, workdir, release: str, round: int) -> tuple[Path, str, list[tuple[str, Path]]]:
+    """Where round `round`'s predictions go → (joined .npz, checkpoint sha256, [(release shard, its part .npz)])."""
+    digest = sha256_file(checkpoint)
+    out = Path(workdir) / "predictions" / release / f"round-{int(round)}-{digest[:16]}.npz"
+    folder = round_dir(workdir, release, round)
+    parts_dir = out.with_name(out.name[: -len(".npz")] + ".parts")
+    shards = [s["name"] for s in read_manifest(folder)["shards"]]
+    return out, digest, [(str(folder / name), parts_dir / (name + ".npz")) for name in shards]
+
+
+def predict_shard(checkpoint, shard, out, *, models_dir=None, device="cpu", batch_size=16) -> Path:
+    """Predictions of one release shard into `out` (.npz, atomic; an existing `out` is kept) → `out`."""
+    out = Path(out)
+    if not out.is_file():
+        tmp = out.with_name(out.name[: -len(".npz")] + f".{os.getpid()}.tmp.npz")  # np.savez keeps a '.npz' suffix as is
+        predict(checkpoint, shard, tmp, models_dir=models_dir, device=device, batch_size=batch_size)
+        os.replace(tmp, out)
+    return out
+
+
+def join_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Per-shard prediction files (in release order) → one .npz at `out` (atomic) → `out`."""
+    out = Path(out)
+    loaded = []
+    for part in parts:
+        with np.load(part, allow_pickle=False) as data:
+            loaded.append(dict(data))
+    arrays = {k: np.concatenate([d[k] for d in loaded]) for k in loaded[0]} if loaded else {"key": np.zeros(0, str)} | {k: np.zeros((0, *w), np.float32) for k, w in _WIDTHS.items()}
+    tmp = out.with_name(out.name[: -len(".npz")] + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    return out
+
+
+def predict_round(checkpoint, workdir, release: str, round: int, models_dir=None, device="cpu") -> tuple[Predictions, str]:
+    """Regressor predictions for every person of release round `round`, shard by shard, in this process → (Predictions, checkpoint sha256)."""
+    out, digest, parts = round_predictions(checkpoint, workdir, release, round)
+    if not out.is_file():
+        for shard, part in parts:
+            predict_shard(checkpoint, shard, part, models_dir=models_dir, device=device)
+        join_predictions([part for _, part in parts], out)
+    return load_predictions(out), digest

@@ -1,21 +1,109 @@
-"""`refine-labels`: one SKELify refinement round of a release (round N → N+1), scheduled in prefect.yaml."""
+"""`refine-labels`: one SKELify refinement round of a release (round N → N+1), scheduled in prefect.yaml.
+
+The steps of `skelpgt.datasets.refine.refine_round`, as tasks: `predict-shard` per release shard
+(with a checkpoint), `skelify-chunk` per chunk of persons (each leaves its candidates in the work
+folder, so a rerun or a retried task on another worker reuses them), `record-round` (the only label
+store writer, in the flow process), `write-round-shard` per release shard, then the manifest.
+Chunks and shards are fixed by the round's inputs, never by the workers: the same labels and
+manifest bytes on one process or any number of Dask workers (`dask_address`).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+import torch
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
-from skelpgt.datasets.refine import predict_round, refine_round
-from skelpgt.datasets.release import list_rounds, read_manifest, round_dir
+from skelpgt.datasets import refine
+from skelpgt.datasets.pseudo_gt import clear_staging
+from skelpgt.datasets.release import list_rounds, read_manifest, release_lock, round_dir
 from skelpgt.datasets.rounds import find_truth, label_error_vs_truth
+from skelpgt.datasets.shards import ShardInfo
 from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.models import ensure_models_dir
 from skelpgt.fitting.skel import SKEL
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
+from skelpgt.model import predict as regressor
+from skelpgt.pipelines.runners import task_runner
 from skelpgt.pipelines.train import checkpoint_dir
+
+
+@functools.lru_cache(maxsize=2)
+def _skelify(models_dir: str, config: SkelifyConfig, device: str) -> Skelify:
+    """One SKELify per worker process, configuration and device (model loading takes seconds)."""
+    return Skelify(SKEL.from_file(models_dir), KeypointRegressor.from_models_dir(models_dir), config, device=device)
+
+
+@task(name="predict-shard", cache_policy=NO_CACHE, retries=1)
+def predict_shard(checkpoint: str, shard: str, out: str, models_dir: str, device: str, torch_threads: int) -> str:
+    """The regressor's predictions of one release shard (kept when already made) → their file."""
+    torch.set_num_threads(torch_threads)
+    return str(regressor.predict_shard(checkpoint, shard, out, models_dir=models_dir, device=device))
+
+
+@task(name="skelify-chunk", cache_policy=NO_CACHE, retries=1)
+def skelify_chunk(job: refine.ChunkJob, folder: str, models_dir: str, config: SkelifyConfig, device: str, torch_threads: int) -> str:
+    """Score and SKELify one chunk of persons into the round's candidates folder → its candidate file."""
+    torch.set_num_threads(torch_threads)  # fixed, so the numbers do not depend on the machine
+    return str(refine.run_chunk(job, _skelify(models_dir, config, device), folder))
+
+
+@task(name="record-round", cache_policy=NO_CACHE)
+def record_round(plan: refine.RoundPlan, files: list[str]) -> tuple[dict, dict]:
+    """Append every chunk's candidates to the label store and set round N+1's labels (the only writer)."""
+    return refine.record_round(plan, files)
+
+
+@task(name="write-round-shard", cache_policy=NO_CACHE, retries=1)
+def write_round_shard(part: list, labels: dict, skips: dict, stage: str, index: int, release: str, round: int) -> ShardInfo:
+    """Release shard `index` of round N+1 into the staging folder."""
+    info = refine.write_round_shard(part, labels, skips, stage, index=index, release=release, round=round)
+    get_run_logger().info("%s: %d images, %d persons, sha256 %s", info.name, info.samples, info.persons, info.sha256[:12])
+    return info
+
+
+def _each_with_progress(futures: list, key: str, description: str) -> list:
+    """Results of `futures` in order, with a progress artifact updated as they finish."""
+    progress = create_progress_artifact(0.0, key=key, description=description)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        update_progress_artifact(progress, 100.0 * done / len(futures))
+    return [f.result() for f in futures]
+
+
+@flow(name="refine-round")
+def refine_round_tasks(
+    workdir: Path, release: str, start: int, checkpoint: str | None, models: str, config: SkelifyConfig,
+    batch_size: int, camera: str, device: str, torch_threads: int,
+) -> tuple[refine.RoundReport, str]:  # fmt: skip
+    """Round `start` → `start + 1` on this flow's task runner → (report, checkpoint sha256 or '')."""
+    predictions, digest = None, ""
+    if checkpoint:
+        out, digest, parts = regressor.round_predictions(checkpoint, workdir, release, start)
+        if not out.is_file():
+            shards, files = ([str(p) for p in col] for col in zip(*parts))
+            futures = predict_shard.map(unmapped(checkpoint), shards, files, unmapped(models), unmapped(device), unmapped(torch_threads))
+            regressor.join_predictions(_each_with_progress(futures, "refine-labels-predictions", "release shards predicted"), out)
+        predictions = refine.load_predictions(out)
+    torch.set_num_threads(torch_threads)
+    plan = refine.plan_round(workdir, release, start, _skelify(models, config, "cpu"), predictions, digest, batch_size, camera)
+    futures = skelify_chunk.map(plan.jobs, unmapped(str(plan.candidates_dir)), unmapped(models), unmapped(config), unmapped(device), unmapped(torch_threads))
+    files = _each_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
+    new_labels, totals = record_round(plan, files)
+    with release_lock(workdir, release):
+        stage = str(clear_staging(workdir, release, plan.to_round))
+        parts = refine.release_parts(plan)
+        inputs = [refine.part_inputs(plan, part, new_labels) for part in parts]
+        futures = [
+            write_round_shard.submit(part, labels, skips, stage, index, release, plan.to_round)
+            for index, (part, (labels, skips)) in enumerate(zip(parts, inputs))
+        ]
+        return refine.finish_round(plan, [f.result() for f in futures], totals), digest
 
 
 @flow(name="refine-labels")
@@ -28,13 +116,19 @@ def refine_labels(
     iterations: int = 10,
     batch_size: int = 64,
     camera: str = "fit-focal",
+    dask_address: str | None = None,
+    device: str = "cpu",
+    torch_threads: int = 2,
 ) -> dict:
     """SKELify every label of round `from_round` (default: the latest) and release round N+1; with a
     `checkpoint`, also from the regressor's predictions (their checkpoint's sha256 goes on every new row).
     'latest' = train-regressor's `<workdir>/checkpoints/<release>/round-<N>/last.pt` when it exists
     (so train → refine → train runs as a schedule); None = from the labels only. `camera`: 'fit-focal'
     (the dataset's intrinsics, else each image's focal fitted from its labelled people), 'full-image'
-    (else CLIFF's estimate from the image size), 'source' or 'crop' (HSMR's)."""
+    (else CLIFF's estimate from the image size), 'source' or 'crop' (HSMR's). `dask_address`:
+    'tcp://host:port' or 'local:N' spreads predictions, fits and release shards over Dask workers;
+    `device` ('cpu', 'cuda', 'cuda:N') is where fits and predictions run (each Dask worker resolves
+    'cuda' to its own GPU); `torch_threads` per task."""
     workdir_path = Path(workdir).resolve()
     rounds = list_rounds(workdir_path / "releases" / release)
     if not rounds:
@@ -43,18 +137,29 @@ def refine_labels(
     if checkpoint == "latest":
         found = checkpoint_dir(workdir_path, release, start) / "last.pt"
         checkpoint = str(found) if found.exists() else None
-    models = ensure_models_dir(models_dir)
-    predictions, digest = predict_round(checkpoint, workdir_path, release, start, models) if checkpoint else (None, "")
-    skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations))
-    report = refine_round(workdir_path, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size, camera=camera)
+    models = str(ensure_models_dir(models_dir))
+    report, digest = refine_round_tasks.with_options(task_runner=task_runner(dask_address))(
+        workdir_path, release, start, checkpoint, models, SkelifyConfig(iterations=iterations), batch_size, camera, device, torch_threads
+    )
     truth = find_truth(read_manifest(round_dir(workdir_path, release, start))["config"].get("sources", []))
     # Where the truth is known (synthetic sources): camera-frame and Procrustes-aligned MPJPE, mm.
     mpjpe, pa = (
         [label_error_vs_truth(workdir_path, r, truth, models, aligned=a) * 1000 if truth else float("nan") for r in (start, report.round)]
         for a in (False, True)
     )
+    create_markdown_artifact(key="refine-labels-round", markdown=_round_markdown(release, start, report, checkpoint, digest, mpjpe, pa))
+    get_run_logger().info("round %d: %d changed, %d kept", report.round, report.changed, report.kept)
+    finite = lambda values: {k: (None if math.isnan(v) else v) for k, v in zip(("before", "after"), values)}  # noqa: E731
+    return {
+        "round": report.round, "changed": report.changed, "kept": report.kept, "skipped": report.skipped,
+        "checkpoint_digest": digest, "mpjpe_mm": finite(mpjpe), "pa_mpjpe_mm": finite(pa), "manifest": report.manifest,
+    }  # fmt: skip
+
+
+def _round_markdown(release: str, start: int, report: refine.RoundReport, checkpoint: str | None, digest: str, mpjpe: list, pa: list) -> str:
+    """The round's artifact: decisions, fit quality and (where the truth is known) label error before/after."""
     mm = lambda v: "–" if math.isnan(v) else f"{v:.1f}"  # noqa: E731  (NaN: truth unknown)
-    table = "\n".join(
+    return "\n".join(
         [
             f"# refine-labels: {release} round {start} → {report.round}",
             "",
@@ -66,10 +171,3 @@ def refine_labels(
             f"{report.violation_before:.2f} | {report.violation_after:.2f} | {mm(mpjpe[0])} | {mm(mpjpe[1])} | {mm(pa[0])} | {mm(pa[1])} |",
         ]
     )
-    create_markdown_artifact(key="refine-labels-round", markdown=table)
-    get_run_logger().info("round %d: %d changed, %d kept", report.round, report.changed, report.kept)
-    return {
-        "round": report.round, "changed": report.changed, "kept": report.kept, "skipped": report.skipped,
-        "checkpoint_digest": digest, "mpjpe_mm": {k: (None if math.isnan(v) else v) for k, v in zip(("before", "after"), mpjpe)},
-        "pa_mpjpe_mm": {k: (None if math.isnan(v) else v) for k, v in zip(("before", "after"), pa)}, "manifest": report.manifest,
-    }  # fmt: skip
