@@ -24,7 +24,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import roma
@@ -32,14 +34,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .body import load_body
 from .camera import fit_camera_error
 from .device import module_on, resolve_device
+from .dofs import dofs_from_rotations
 from .keypoints import KeypointRegressor, flip_keypoints_normalised
 from .limits import LIMIT_QIDS, limit_violation, mirror_consistent_bounds, wrap_angles
 from .mirror import mirror_smpl_pose, mirror_translation
 from .lm import NUM_KINEMATIC, NUM_PARAMS, levenberg_marquardt, limit_hinge, linearize_skin
-from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS, PARENTS, SKEL
-from .smpl import smpl_forward
+from .skel import NUM_DOFS, PARENTS, SKEL
+from .smpl import load_smpl, smpl_forward
 
 METHODS = ("fast", "staged-lbfgs")
 # Beyond this |β| a body is extreme for the shape spaces (AMASS subjects reach ≈10): it is still
@@ -142,13 +146,21 @@ class Converter:
     `device` ('cpu', 'cuda', 'cuda:N'; see fitting.device.resolve_device) holds every tensor of the
     fit; the models are copied there (the caller's stay where they are), the fixed vertex samples
     and maps are computed on the CPU first, so they are the same on every device. `convert` takes
-    inputs on any device and returns its results on the CPU.
+    inputs on any device and returns its results on the CPU. `models_dir`, where the models came
+    from, lets `fitting.genders` load SMPL's other genders; None for models built elsewhere.
     """
 
     def __init__(
-        self, smpl, skel: SKEL, config: ConvertConfig = ConvertConfig(), keypoints: KeypointRegressor | None = None, device: str | torch.device = "cpu"
+        self,
+        smpl,
+        skel: SKEL,
+        config: ConvertConfig = ConvertConfig(),
+        keypoints: KeypointRegressor | None = None,
+        device: str | torch.device = "cpu",
+        models_dir: str | os.PathLike | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.models_dir = None if models_dir is None else Path(models_dir)
         given = (smpl, skel, keypoints)
         cpu = torch.device("cpu")
         smpl, skel = module_on(smpl, cpu), module_on(skel, cpu)
@@ -182,12 +194,8 @@ class Converter:
     @classmethod
     def from_models_dir(cls, models_dir, config: ConvertConfig = ConvertConfig(), device: str | torch.device = "cpu") -> "Converter":
         """Load SMPL (config.smpl_gender) and SKEL (config.skel_gender) from a models directory; fit on `device`."""
-        from .smpl import load_smpl
-
-        keypoints = KeypointRegressor.from_models_dir(models_dir)
-        converter = cls(load_smpl(models_dir, config.smpl_gender), SKEL.from_file(models_dir, config.skel_gender), config, keypoints, device=device)
-        converter.models_dir = models_dir  # lets callers load the other SMPL genders (fitting.genders)
-        return converter
+        body = load_body(models_dir, config.skel_gender)
+        return cls(load_smpl(models_dir, config.smpl_gender), body.skel, config, body.keypoints, device=device, models_dir=body.models_dir)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -514,48 +522,6 @@ def _bone_vertex_sets(weights: Tensor, k: int = 128) -> tuple[Tensor, Tensor]:
     """Per bone, the k skin vertices it drives most (24,k) and their weights (24,k)."""
     w, ids = weights.T.topk(k, dim=1)
     return ids, w.clamp(min=1e-6)
-
-
-# DOF extraction: multi-DOF joints use signed coordinate axes, so Rp is an extrinsic Euler product.
-def _joint_dof_layout() -> list[tuple[int, list[int], str, list[float]]]:
-    layout = []
-    for j in range(24):
-        dofs = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
-        axes = [np.asarray(DOF_AXES[i]) for i in dofs]
-        if len(dofs) == 1:
-            layout.append((j, dofs, "", []))
-            continue
-        letters, signs = "", []
-        for a in axes:
-            k = int(np.abs(a).argmax())
-            letters += "xyz"[k]
-            signs.append(float(np.sign(a[k])))
-        if len(letters) == 2:  # complete to a 3-axis convention; the extra angle is dropped
-            letters += next(c for c in "xyz" if c not in letters)
-        layout.append((j, dofs, letters, signs))
-    return layout
-
-
-_DOF_LAYOUT = _joint_dof_layout()
-
-
-def dofs_from_rotations(rotations: Tensor) -> Tensor:
-    """Per-joint rotations in the BSM joint frames (B,24,3,3) → the closest DOF values q (B,46)."""
-    b = rotations.shape[0]
-    q = rotations.new_zeros(b, NUM_DOFS)
-    for j, dofs, letters, signs in _DOF_LAYOUT:  # 24 small batched ops
-        r = rotations[:, j]
-        if not letters:  # single axis: the angle about n that best explains r
-            n = torch.as_tensor(DOF_AXES[dofs[0]], dtype=r.dtype, device=r.device)
-            n = n / n.norm()
-            w = torch.stack((r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]), -1) / 2
-            cos = (torch.diagonal(r, dim1=1, dim2=2).sum(-1) - torch.einsum("a,bac,c->b", n, r, n)) / 2
-            q[:, dofs[0]] = torch.atan2(w @ n, cos)
-        else:
-            angles = roma.rotmat_to_euler(letters, r)
-            for i, (dof, sign) in enumerate(zip(dofs, signs)):
-                q[:, dof] = angles[:, i] * sign
-    return q
 
 
 def _official_stages(smpl_weights: Tensor, skel: SKEL) -> list[dict]:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .convert import ConversionResult, Converter
+from .smpl import load_smpl
 
 _CACHE: "weakref.WeakKeyDictionary[Converter, dict[str, Converter]]" = weakref.WeakKeyDictionary()
 
@@ -25,14 +26,11 @@ def converter_for_gender(converter: Converter, gender: str) -> Converter:
         return converter
     per = _CACHE.setdefault(converter, {})
     if gender not in per:
-        models_dir = getattr(converter, "models_dir", None)
-        if models_dir is None:
-            raise ValueError(f"a person has SMPL gender {gender!r}: build the Converter with Converter.from_models_dir so that model can be loaded")
-        from .smpl import load_smpl
-
+        if converter.models_dir is None:
+            raise ValueError(f"a person has SMPL gender {gender!r}: build the Converter with Converter.from_models_dir (or models_dir=) so that model can be loaded")
         config = dataclasses.replace(converter.config, smpl_gender=gender)
-        per[gender] = Converter(load_smpl(models_dir, gender), converter.skel, config, converter.keypoints, device=converter.device)
-        per[gender].models_dir = models_dir
+        smpl = load_smpl(converter.models_dir, gender)
+        per[gender] = Converter(smpl, converter.skel, config, converter.keypoints, device=converter.device, models_dir=converter.models_dir)
     return per[gender]
 
 

@@ -16,6 +16,8 @@ import functools
 import torch
 from torch import Tensor
 
+from .dofs import JOINT_DOFS, NUM_DOFS
+
 __all__ = [
     "MIRROR_PERMUTATION",
     "MIRROR_SIGNS",
@@ -25,19 +27,10 @@ __all__ = [
     "mirror_smpl_pose",
 ]
 
-# Right/left DOF blocks of the 46 SKEL DOFs (skel-model.md §2.2), right first.
-_SWAPPED_BLOCKS: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
-    ((3, 4, 5), (10, 11, 12)),  # femur (hip flexion, adduction, rotation)
-    ((6,), (13,)),  # knee
-    ((7,), (14,)),  # ankle
-    ((8,), (15,)),  # subtalar
-    ((9,), (16,)),  # mtp
-    ((26, 27, 28), (36, 37, 38)),  # scapula
-    ((29, 30, 31), (39, 40, 41)),  # humerus (shoulder x, y, z)
-    ((32,), (42,)),  # elbow
-    ((33,), (43,)),  # pro_sup
-    ((34, 35), (44, 45)),  # wrist
-)
+# Right/left joint pairs (skel-model.md §2.2), right first: femur, tibia (knee), talus (ankle),
+# calcn (subtalar), toes (mtp), scapula, humerus, ulna (elbow), radius (pro_sup), hand (wrist).
+# Their DOF blocks swap, DOF by DOF in composition order.
+_MIRRORED_JOINTS = ((1, 6), (2, 7), (3, 8), (4, 9), (5, 10), (14, 19), (15, 20), (16, 21), (17, 22), (18, 23))
 
 # Rotations about axes lying in the sagittal plane change sense under the mirror:
 # pelvis list/rotation, spine and head bending/twist, scapula abduction/elevation, shoulder x/y.
@@ -45,16 +38,16 @@ _NEGATED: tuple[int, ...] = (1, 2, 17, 19, 20, 22, 23, 25, 26, 27, 36, 37, 29, 3
 
 
 def _build_permutation() -> list[int]:
-    perm = list(range(46))
-    for right, left in _SWAPPED_BLOCKS:
-        for r, l in zip(right, left, strict=True):
+    perm = list(range(NUM_DOFS))
+    for right, left in _MIRRORED_JOINTS:
+        for r, l in zip(JOINT_DOFS[right], JOINT_DOFS[left], strict=True):
             perm[r], perm[l] = l, r
     return perm
 
 
 # new_q[i] = MIRROR_SIGNS[i] * q[MIRROR_PERMUTATION[i]]
 MIRROR_PERMUTATION: Tensor = torch.tensor(_build_permutation(), dtype=torch.long)
-MIRROR_SIGNS: Tensor = torch.tensor([-1.0 if i in _NEGATED else 1.0 for i in range(46)], dtype=torch.float32)
+MIRROR_SIGNS: Tensor = torch.tensor([-1.0 if i in _NEGATED else 1.0 for i in range(NUM_DOFS)], dtype=torch.float32)
 
 # SMPL's 24-joint left/right swap (the one HMR2.0/SPIN use to flip SMPL poses).
 SMPL_JOINT_FLIP_PERMUTATION: Tensor = torch.tensor(
@@ -80,8 +73,8 @@ def _smpl_tables(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tens
 
 def mirror_pose(q: Tensor) -> Tensor:
     """Left/right mirror of SKEL poses: q (..., 46) rad -> (..., 46) rad, new[i] = sign[i] * q[perm[i]]."""
-    if q.shape[-1] != 46:
-        raise ValueError(f"expected SKEL poses with 46 DOFs in the last dimension, got shape {tuple(q.shape)}")
+    if q.shape[-1] != NUM_DOFS:
+        raise ValueError(f"expected SKEL poses with {NUM_DOFS} DOFs in the last dimension, got shape {tuple(q.shape)}")
     perm, signs = _pose_tables(q.device, q.dtype)
     return q[..., perm] * signs
 

@@ -30,14 +30,11 @@ import torch
 from torch import Tensor
 
 from .convert import ConversionResult, Converter
+from .dofs import BALL_JOINTS, DOF_AXES, JOINT_DOFS, NUM_DOFS
 from .limits import limit_violation, unwrap_angles, wrap_angles
 from .lm import NUM_KINEMATIC, levenberg_marquardt, linearize_skin
 from .mirror import mirror_smpl_pose, mirror_translation
-from .skel import DOF_AXES, DOF_JOINT, NUM_DOFS
 from .smpl import smpl_forward
-
-# Ball joints whose three DOFs only rotate (spine and scapula DOFs also translate their joint).
-BALL_JOINTS = (0, 1, 6, 15, 20)  # pelvis, femur_r, femur_l, humerus_r, humerus_l
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class SequenceConfig:
 
 def ball_joint_dofs() -> np.ndarray:
     """DOF ids (5,3) of the ball joints, in composition order (first DOF acts first)."""
-    return np.array([[i for i, j in enumerate(DOF_JOINT) if j == joint] for joint in BALL_JOINTS])
+    return np.array([JOINT_DOFS[joint] for joint in BALL_JOINTS])
 
 
 def _lock_sign(dofs: np.ndarray) -> np.ndarray:

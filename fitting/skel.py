@@ -24,15 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import roma
 import torch
 from torch import Tensor, nn
 
+# The DOF layout lives in .dofs; DOF_JOINT, DOF_NAMES and DOFS_PER_JOINT stay importable from here.
+from .dofs import DOF_AXES, DOF_JOINT, DOF_NAMES, DOFS_PER_JOINT, NUM_DOFS, NUM_JOINTS, rotations_from_dofs  # noqa: F401
 from .pickles import ModelFileError, dense, load_model_pickle
 
 SKEL_VERSION = "1.1.1"
-NUM_JOINTS = 24
-NUM_DOFS = 46
 NUM_BETAS = 10
 
 JOINT_NAMES = (
@@ -42,68 +41,6 @@ JOINT_NAMES = (
     "scapula_l", "humerus_l", "ulna_l", "radius_l", "hand_l",
 )  # fmt: skip
 PARENTS = (-1, 0, 1, 2, 3, 4, 0, 6, 7, 8, 9, 0, 11, 12, 12, 14, 15, 16, 17, 12, 19, 20, 21, 22)
-
-DOF_NAMES = (
-    "pelvis_tilt", "pelvis_list", "pelvis_rotation",
-    "hip_flexion_r", "hip_adduction_r", "hip_rotation_r", "knee_angle_r", "ankle_angle_r",
-    "subtalar_angle_r", "mtp_angle_r",
-    "hip_flexion_l", "hip_adduction_l", "hip_rotation_l", "knee_angle_l", "ankle_angle_l",
-    "subtalar_angle_l", "mtp_angle_l",
-    "lumbar_bending", "lumbar_extension", "lumbar_twist",
-    "thorax_bending", "thorax_extension", "thorax_twist",
-    "head_bending", "head_extension", "head_twist",
-    "scapula_abduction_r", "scapula_elevation_r", "scapula_upward_rot_r",
-    "shoulder_r_x", "shoulder_r_y", "shoulder_r_z", "elbow_flexion_r", "pro_sup_r",
-    "wrist_flexion_r", "wrist_deviation_r",
-    "scapula_abduction_l", "scapula_elevation_l", "scapula_upward_rot_l",
-    "shoulder_l_x", "shoulder_l_y", "shoulder_l_z", "elbow_flexion_l", "pro_sup_l",
-    "wrist_flexion_l", "wrist_deviation_l",
-)  # fmt: skip
-
-# DOFs per joint, assigned consecutively in joint order (§2.1).
-DOFS_PER_JOINT = (3, 3, 1, 1, 1, 1, 3, 1, 1, 1, 1, 3, 3, 3, 3, 3, 1, 1, 2, 3, 3, 1, 1, 2)
-DOF_JOINT = tuple(j for j, n in enumerate(DOFS_PER_JOINT) for _ in range(n))
-
-_X, _Y, _Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
-
-
-def _neg(axis: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(-a for a in axis)
-
-
-def _pin_axis(alpha: float, beta: float) -> tuple[float, float, float]:
-    """Axis of an OpenSim pin joint: Rx(α)·Ry(β)·Rz(γ)·e_z (γ drops out)."""
-    return (math.sin(beta), -math.sin(alpha) * math.cos(beta), math.cos(alpha) * math.cos(beta))
-
-
-# Signed rotation axis of every DOF in its BSM joint frame (§2.3). Multi-DOF joints compose as
-# Rp = Rot(n_last, q_last)···Rot(n_0, q_0): the first DOF acts first.
-DOF_AXES = (
-    _Z, _X, _Y,  # pelvis
-    _Z, _X, _Y,  # femur_r
-    _neg(_Z),  # knee_r: Rz(-q)
-    _pin_axis(0.175895, -0.105208),  # ankle_r
-    _pin_axis(-1.76818999, 0.906223),  # subtalar_r
-    _pin_axis(-3.141589999, 0.6199010),  # mtp_r
-    _Z, _neg(_X), _neg(_Y),  # femur_l
-    _neg(_Z),  # knee_l
-    _pin_axis(0.175895, -0.105208),  # ankle_l (same as right in bsm.osim)
-    _pin_axis(1.768189999, -0.906223),  # subtalar_l
-    _pin_axis(-3.141589999, -0.6199010),  # mtp_l
-    _X, _Z, _Y,  # lumbar
-    _X, _Z, _Y,  # thorax
-    _X, _Z, _Y,  # head
-    _Y, _neg(_Z), _neg(_X),  # scapula_r
-    _X, _Y, _Z,  # humerus_r
-    (0.0494, 0.0366, 0.99810825),  # elbow_r (oblique)
-    (-0.01716099, 0.99266564, -0.11966796),  # pro_sup_r (oblique)
-    _X, _neg(_Z),  # hand_r
-    _Y, _Z, _X,  # scapula_l
-    _X, _Y, _Z,  # humerus_l
-    (-0.0494, -0.0366, 0.99810825),  # elbow_l
-    (0.01716099, -0.99266564, -0.11966796),  # pro_sup_l
-    _neg(_X), _neg(_Z),  # hand_l
-)  # fmt: skip
 
 # Joints whose bone-alignment rotation is the identity (pelvis and the leaves).
 _UNALIGNED_JOINTS = (0, 5, 10, 13, 18, 23)
@@ -335,12 +272,6 @@ class SKEL(nn.Module):
         self.register_buffer("apose_offset", apose[:, :3, 3].contiguous())
         self.register_buffer("faces", torch.from_numpy(np.array(data["skin_template_f"], dtype=np.int64)))
         self.register_buffer("dof_axes", torch.tensor(DOF_AXES, dtype=torch.float32))
-        # Rp is composed from three rotations per joint; index NUM_DOFS stands for the identity.
-        dof_table = torch.full((NUM_JOINTS, 3), NUM_DOFS, dtype=torch.long)
-        for j in range(NUM_JOINTS):
-            own = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
-            dof_table[j, : len(own)] = torch.tensor(own)
-        self.register_buffer("dof_table", dof_table)
         child = _first_children(np.asarray(data["osim_kintree_table"]))
         self.register_buffer("child", torch.as_tensor(child))
         self.parents = PARENTS
@@ -389,12 +320,8 @@ class SKEL(nn.Module):
 
     def pose_rotations(self, poses: Tensor) -> Tensor:
         """Per-joint DOF rotations Rp (B,24,3,3) in the BSM joint frames, from q (B,46)."""
-        b = poses.shape[0]
-        per_dof = roma.rotvec_to_rotmat(poses[..., None] * self.dof_axes)  # (B,46,3,3)
-        eye = torch.eye(3, dtype=poses.dtype, device=poses.device).expand(b, 1, 3, 3)
-        per_dof = torch.cat((per_dof, eye), dim=1)
-        first, second, third = (per_dof[:, self.dof_table[:, i]] for i in range(3))
-        return third @ second @ first
+        # The model's own float32 axes: float64 poses see the axes the float32 model has.
+        return rotations_from_dofs(poses, self.dof_axes)
 
     def bone_alignment(self, joints: Tensor) -> Tensor:
         """Shape-dependent rotation Rk (B,24,3,3) aligning each BSM bone with the SKEL body."""

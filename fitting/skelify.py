@@ -28,11 +28,13 @@ crop's pixel size; `accept` adds to the score a bound on the 3D move a small 2D 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .body import load_body
 from .camera import FOCAL_NORMALISED, keypoint_error, project, solve_translation
 from .device import module_on, resolve_device, tensor_on
 from .keypoints import KeypointRegressor
@@ -112,6 +114,12 @@ class Skelify:
         moved = ("pair_joint", "pair_weight", "pair_template", "pair_shape", "pair_pose", "pair_to_kp", "active", "low", "high", "bounds", "limit_ids")
         for name in moved:
             setattr(self, name, getattr(self, name).to(self.device))
+
+    @classmethod
+    def from_models_dir(cls, models_dir: str | os.PathLike, config: SkelifyConfig = SkelifyConfig(), device: str | torch.device = "cpu", gender: str = "male") -> "Skelify":
+        """SKEL of `gender` and the keypoint regressor from a models dir (`load_body`); fit on `device`."""
+        body = load_body(models_dir, gender)
+        return cls(body.skel, body.keypoints, config, device=device)
 
     def _on(self, value, dtype: torch.dtype | None = torch.float32) -> Tensor | None:
         """An input (None passes through) as a tensor on this fitter's device (dtype None = its own)."""

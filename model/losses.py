@@ -9,7 +9,7 @@
   tokens cross-entropy of the backbone token holding each visible keypoint (over all tokens)
          off by default (not in HSMR): a dense signal that makes from-scratch training (the CPU
          demo) leave the mean pose within minutes instead of hours
-R = per-joint rotations from q (`rotations_from_dofs`, = SKEL.pose_rotations) for both sides.
+R = per-joint rotations from q (`fitting.dofs.rotations_from_dofs`) for both sides.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from skelpgt.fitting.body import load_body
 from skelpgt.fitting.camera import FOCAL_NORMALISED, project
-from skelpgt.fitting.keypoints import ROOT_INDEX, KeypointRegressor
+from skelpgt.fitting.dofs import rotations_from_dofs
+from skelpgt.fitting.keypoints import ROOT_INDEX
 from skelpgt.fitting.limits import limit_violation
-from skelpgt.fitting.skel import SKEL
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .network import cam_translation, rotations_from_dofs
+from .network import cam_translation
 
 
 @dataclass
@@ -46,8 +47,8 @@ class BodyModel(nn.Module):
 
     def __init__(self, models_dir, gender: str = "male"):
         super().__init__()
-        self.skel = SKEL.from_file(models_dir, gender=gender)
-        self.regressor = KeypointRegressor.from_models_dir(models_dir)
+        body = load_body(models_dir, gender)
+        self.skel, self.regressor = body.skel, body.keypoints
 
     def forward(self, q: Tensor, betas: Tensor) -> tuple[Tensor, Tensor]:
         out = self.skel(q, betas)

@@ -12,8 +12,8 @@ Layout follows hsmr-pipeline.md §5.1–5.4 (no code copied from HSMR/HMR2.0/4D-
 * Pose parameterisation (§5.3): joints with 3 DOFs and the 2-DOF hands read their 6-vector as the
   first two COLUMNS of a matrix, Gram–Schmidt (`roma.special_gramschmidt`) → rotation in the BSM
   joint frame → DOFs by the extrinsic Euler decomposition that inverts `SKEL.pose_rotations`
-  (the same convention as `skelpgt.fitting.convert.dofs_from_rotations`; for hands the third
-  angle is dropped). 1-DOF joints read (cos q, −sin q) from the first two entries: q = atan2(−r1, r0).
+  (`skelpgt.fitting.dofs`, shared with the converter and SKEL; for hands the third angle is
+  dropped). 1-DOF joints read (cos q, −sin q) from the first two entries: q = atan2(−r1, r0).
 * Mean: zero pose except the pelvis, whose mean rotation makes the body upright and facing the
   camera (global Rx(π) in the SKEL output frame; `mean_pelvis_rotation(skel)` converts it to the
   BSM pelvis frame), β = 0, camera (0.9, 0, 0) (HSMR's SKEL_mean camera).
@@ -27,17 +27,19 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import roma
 import torch
-from skelpgt.fitting.keypoints import NUM_KEYPOINTS
-from skelpgt.fitting.skel import (
-    DOF_AXES,
-    DOF_JOINT,
-    DOFS_PER_JOINT,
+from skelpgt.fitting.dofs import (
+    JOINT_DOFS,
+    MULTI_DOF_JOINTS,
     NUM_DOFS,
     NUM_JOINTS,
+    SINGLE_DOF_JOINTS,
+    SINGLE_DOFS,
+    joint_dofs_from_rotation,
+    rotations_from_dofs,
 )
+from skelpgt.fitting.keypoints import NUM_KEYPOINTS
 from torch import Tensor, nn
 
 NUM_BETAS = 10
@@ -107,83 +109,24 @@ def net_config(arch: str | NetConfig | dict) -> NetConfig:
 
 
 # ----------------------------------------------------------------------------- pose parameterisation
-def _dof_table() -> Tensor:
-    table = torch.full((NUM_JOINTS, 3), NUM_DOFS, dtype=torch.long)
-    for j in range(NUM_JOINTS):
-        own = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
-        table[j, : len(own)] = torch.tensor(own)
-    return table
-
-
-_DOF_TABLE = _dof_table()
-_AXES = torch.tensor(DOF_AXES, dtype=torch.float64)
-SINGLE_DOF_JOINTS = tuple(j for j, n in enumerate(DOFS_PER_JOINT) if n == 1)
-MULTI_DOF_JOINTS = tuple(j for j, n in enumerate(DOFS_PER_JOINT) if n > 1)
-
-
-def _euler_layout() -> list[tuple[int, list[int], str, list[float]]]:
-    """Per multi-DOF joint: (joint, its DOF ids, extrinsic Euler letters, axis signs)."""
-    out = []
-    for j in MULTI_DOF_JOINTS:
-        dofs = [i for i, dj in enumerate(DOF_JOINT) if dj == j]
-        letters, signs = "", []
-        for i in dofs:
-            a = np.asarray(DOF_AXES[i])
-            k = int(np.abs(a).argmax())
-            letters += "xyz"[k]
-            signs.append(float(np.sign(a[k])))
-        if len(letters) == 2:  # hands: complete to three axes, the extra angle is dropped
-            letters += next(c for c in "xyz" if c not in letters)
-        out.append((j, dofs, letters, signs))
-    return out
-
-
-_EULER = _euler_layout()
-_SINGLE_DOFS = [next(i for i, dj in enumerate(DOF_JOINT) if dj == j) for j in SINGLE_DOF_JOINTS]
-
-
-def rotations_from_dofs(q: Tensor) -> Tensor:
-    """q (B,46) → per-joint DOF rotations (B,24,3,3) in the BSM joint frames (= `SKEL.pose_rotations`)."""
-    b = q.shape[0]
-    axes = _AXES.to(q.device, q.dtype)
-    per_dof = roma.rotvec_to_rotmat(q[..., None] * axes)
-    eye = torch.eye(3, dtype=q.dtype, device=q.device).expand(b, 1, 3, 3)
-    per_dof = torch.cat((per_dof, eye), dim=1)
-    t = _DOF_TABLE.to(q.device)
-    return per_dof[:, t[:, 2]] @ per_dof[:, t[:, 1]] @ per_dof[:, t[:, 0]]
-
-
 def decode_pose(raw: Tensor) -> tuple[Tensor, Tensor]:
     """Network pose output (B,24,6) → (q (B,46), Gram–Schmidt matrices (B,24,3,3); 1-DOF rows unused)."""
     b = raw.shape[0]
     mats = roma.special_gramschmidt(raw.view(b, NUM_JOINTS, 2, 3).transpose(-1, -2))
-    cols = []
-    index = []
-    for j, dofs, letters, signs in _EULER:
-        angles = roma.rotmat_to_euler(letters, mats[:, j])
-        for i, (dof, sign) in enumerate(zip(dofs, signs)):
-            cols.append(angles[:, i] * sign)
-            index.append(dof)
+    cols = [joint_dofs_from_rotation(j, mats[:, j]) for j in MULTI_DOF_JOINTS]
+    index = [dof for j in MULTI_DOF_JOINTS for dof in JOINT_DOFS[j]] + list(SINGLE_DOFS)
     single = torch.atan2(-raw[:, list(SINGLE_DOF_JOINTS), 1], raw[:, list(SINGLE_DOF_JOINTS), 0])
-    values = torch.cat((torch.stack(cols, dim=-1), single), dim=-1)
-    index += _SINGLE_DOFS
+    values = torch.cat((*cols, single), dim=-1)
     order = torch.empty(NUM_DOFS, dtype=torch.long)
     order[torch.tensor(index)] = torch.arange(NUM_DOFS)
     return values[:, order.to(raw.device)], mats
-
-
-def joint_dofs_from_rotation(joint: int, rot: Tensor) -> Tensor:
-    """DOF values (B,n) of multi-DOF joint `joint` from its BSM-frame rotation (B,3,3) (same convention as decode_pose)."""
-    _, _, letters, signs = next(e for e in _EULER if e[0] == joint)
-    angles = roma.rotmat_to_euler(letters, rot)
-    return torch.stack([angles[:, i] * sign for i, sign in enumerate(signs)], dim=-1)
 
 
 def encode_pose(q: Tensor) -> Tensor:
     """Inverse of `decode_pose` (up to Euler ambiguity): q (B,46) → 6D/2D representation (B,24,6)."""
     rot = rotations_from_dofs(q)
     raw = torch.cat((rot[..., :, 0], rot[..., :, 1]), dim=-1)  # columns 0 and 1
-    single = torch.stack((torch.cos(q[:, _SINGLE_DOFS]), -torch.sin(q[:, _SINGLE_DOFS])), dim=-1)
+    single = torch.stack((torch.cos(q[:, list(SINGLE_DOFS)]), -torch.sin(q[:, list(SINGLE_DOFS)])), dim=-1)
     raw = raw.clone()
     raw[:, list(SINGLE_DOF_JOINTS)] = torch.cat((single, torch.zeros_like(single[..., :1]).expand(-1, -1, 4)), dim=-1)
     return raw

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skelpgt.fitting.body import load_body
 from skelpgt.fitting.camera import FOCAL_NORMALISED
 
 
@@ -32,13 +33,10 @@ def _disc_image(rng, h, w, kp_px):
 
 def random_skel_people(models_dir, rng: np.random.Generator, n: int, pose_std: float = 0.25):
     """n random upright SKEL bodies facing the camera → q (n,46), betas (n,10), 44 keypoints (n,44,3) m, translation 0."""
-    from skelpgt.fitting.keypoints import KeypointRegressor
-    from skelpgt.fitting.skel import SKEL
-
     from .network import decode_pose, encode_pose, mean_pelvis_rotation
 
-    skel = SKEL.from_file(models_dir)
-    reg = KeypointRegressor.from_models_dir(models_dir)
+    body = load_body(models_dir)
+    skel, reg = body.skel, body.keypoints
     mean_raw = encode_pose(torch.zeros(1, 46))
     rp0 = mean_pelvis_rotation(skel)
     mean_raw[0, 0] = torch.cat((rp0[:, 0], rp0[:, 1]))
