@@ -28,6 +28,14 @@ def check_device_spec(spec: str | torch.device | None) -> str:
     return spec
 
 
+def check_flow_device(spec: str | None, dask_address: str | None) -> str:
+    """A flow's `device` parameter normalised; resolved (so a missing GPU fails here) unless Dask workers resolve it themselves."""
+    spec = check_device_spec(spec)
+    if not dask_address:
+        resolve_device(spec)
+    return spec
+
+
 def resolve_device(spec: str | torch.device | None = "cpu") -> torch.device:
     """Device spec (None = cpu) → torch.device; ValueError naming the `device` option when it is unknown or CUDA is missing."""
     spec = check_device_spec(spec)

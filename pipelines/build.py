@@ -22,7 +22,7 @@ from skelpgt.datasets import pseudo_gt
 from skelpgt.datasets.readers import source_files
 from skelpgt.datasets.release import check_rebuild, check_release_name, finalize_release, release_lock
 from skelpgt.fitting.convert import ConvertConfig, Converter
-from skelpgt.fitting.device import check_device_spec, resolve_device
+from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.models import ensure_models_dir
 from skelpgt.pipelines.runners import task_runner
 
@@ -99,9 +99,7 @@ def build_pseudo_gt(
     """
     logger = get_run_logger()
     check_release_name(release)  # before anything is written anywhere
-    device = check_device_spec(device)
-    if not dask_address:  # in-process: the GPU must be here; Dask workers resolve it themselves
-        resolve_device(device)
+    device = check_flow_device(device, dask_address)
     workdir_path = Path(workdir).resolve()
     models = str(ensure_models_dir(models_dir))
     if not inputs:

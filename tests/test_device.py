@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from skelpgt.fitting import device as device_module
 from skelpgt.fitting.camera import project
 from skelpgt.fitting.convert import ConvertConfig, Converter
-from skelpgt.fitting.device import resolve_device
+from skelpgt.fitting.device import check_flow_device, resolve_device
 from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.skel import SKEL
 from skelpgt.fitting.skelify import Skelify, SkelifyResult
@@ -155,6 +155,16 @@ def test_cuda_on_a_dask_worker_is_that_workers_own_gpu(monkeypatch):
     assert device_module._dask_worker_index() is None
 
 
+def test_a_flow_checks_its_device_here_unless_dask_workers_resolve_it():
+    assert check_flow_device(" CPU ", dask_address=None) == "cpu"
+    with pytest.raises(ValueError, match="--device"):
+        check_flow_device("gpu", dask_address="local:2")  # malformed: refused before any worker starts
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_flow_device("cuda", dask_address=None)
+        assert check_flow_device("cuda:1", dask_address="tcp://gpu-host:8786") == "cuda:1"  # the workers may have GPUs
+
+
 def test_cli_device_option_rejects_an_unknown_device(tmp_path):
     result = CliRunner().invoke(app, ["refine", str(tmp_path), "--device", "gpu"])
     assert result.exit_code == 2 and "--device" in result.output, result.output
@@ -193,3 +203,4 @@ def test_skelify_on_cuda_matches_cpu(models_dir):
     assert b.poses.is_cuda and b.score.is_cuda
     _assert_same(a, b, ("kp2d_err", "score"), atol=1e-4)
     _assert_same(a, b, ("poses", "betas"), atol=1e-2)
+
