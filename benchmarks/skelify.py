@@ -57,6 +57,7 @@ from skelpgt.datasets.refine import refine_round
 from skelpgt.datasets.release import finalize_release, staging_dir
 from skelpgt.datasets.release import read_manifest
 from skelpgt.datasets.rounds import dataset_meta, label_error_vs_truth
+from skelpgt.fitting.body import load_body
 from skelpgt.fitting.camera import normalise_keypoints, project
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.keypoints import KeypointRegressor
@@ -204,7 +205,8 @@ def main() -> None:
             from skelpgt.fitting.synthetic import make_synthetic_models
 
             models_dir = make_synthetic_models(root / "models", family=args.family)
-        skel, regressor = SKEL.from_file(models_dir, "male"), KeypointRegressor.from_models_dir(models_dir)
+        body = load_body(models_dir, "male")
+        skel, regressor = body.skel, body.keypoints
         skelify = Skelify(skel, regressor)
         built = build_round0(str(models_dir), root, args.n, args.seed)
         print(f"models: {models_dir if args.models_dir else f'synthetic family {args.family}'}")

@@ -562,11 +562,8 @@ def test_no_warning_or_error_line_on_the_normal_path(tmp_path, probe):
 _REFINE_SCRIPT = """
 import sys
 from skelpgt.datasets.refine import refine_round
-from skelpgt.fitting.keypoints import KeypointRegressor
-from skelpgt.fitting.skel import SKEL
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
-m = sys.argv[1]
-refine_round(sys.argv[2], "r", 0, Skelify(SKEL.from_file(m), KeypointRegressor.from_models_dir(m), SkelifyConfig(iterations=1)), batch_size=8)
+refine_round(sys.argv[2], "r", 0, Skelify.from_models_dir(sys.argv[1], SkelifyConfig(iterations=1)), batch_size=8)
 """
 
 

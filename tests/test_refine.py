@@ -179,11 +179,8 @@ _ROUND_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from skelpgt.datasets.refine import refine_round
-from skelpgt.fitting.keypoints import KeypointRegressor
-from skelpgt.fitting.skel import SKEL
 from skelpgt.fitting.skelify import Skelify
-models = sys.argv[2]
-refine_round(sys.argv[1], "syn", 0, Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models)), batch_size=4)
+refine_round(sys.argv[1], "syn", 0, Skelify.from_models_dir(sys.argv[2]), batch_size=4)
 """
 
 
