@@ -37,16 +37,29 @@ Why: the crop camera cannot represent an off-centre person's projection (it igno
 angle), so fitting 2D below its floor bends the body: measured on the synthetic data, a round
 through it cut 2D error ~10× and made labels ~5× worse in 3D (benchmarks/skelify.py).
 
-Resume: a round is written chunk by chunk (fixed chunks of `batch_size` persons per side). The
-label-store rows of a chunk are committed in one append, and appends are idempotent per
-(key, side, round, producer, config digest), so a rerun of an interrupted round reads the chunks
-that were committed back from the store instead of fitting them again, fits the rest, and writes
-the release round N+1 from scratch (staged, renamed into place): the same rows, label ids and
-manifest bytes as an uninterrupted run. Round N is only read.
+Steps (`refine_round` runs them in one process; the `refine-labels` flow runs each as tasks):
+`plan_round` reads round N and cuts fixed chunks of `batch_size` persons per side (`ChunkJob`s:
+plain arrays, so they travel to any worker); `run_chunk` scores a chunk's current labels and
+SKELifies it into a candidates file under `<workdir>/refine/<release>/round-<N+1>-<config digest>/`
+(atomic, named by a digest of its inputs); `record_round`, the only label-store writer, appends the
+candidates chunk by chunk and sets round N+1's labels; `write_round_shard` writes one release shard
+(`release_parts`: round N's images per shard, over the sources' image streams); `finish_round`
+writes the manifest. A chunk's numbers depend only on its own inputs, so any number of workers
+gives the same rows and bytes.
 
-Test hook: with `SKELPGT_REFINE_KILL_AFTER_CHUNKS=n` in the environment the process SIGKILLs
-itself right after the n-th newly committed chunk (rows written, current labels not yet set), the
-harshest point for a resume. Costs one environment lookup per round.
+Resume: the label-store rows of a chunk are committed in one append, and appends are idempotent
+per (key, side, round, producer, config digest), so a rerun of an interrupted round reads the
+chunks that were committed back from the store instead of fitting them again, reuses the
+candidates files of chunks that were fitted but not committed, fits the rest, and writes the
+release round N+1 from scratch (staged, renamed into place): the same rows, label ids and manifest
+bytes as an uninterrupted run. Round N is only read. The candidates files are kept (the round's
+audit trail; about 0.5 kB per person side).
+
+Test hooks (one environment lookup per round or chunk): with `SKELPGT_REFINE_KILL_AFTER_CHUNKS=n`
+the writer's process SIGKILLs itself right after the n-th newly committed chunk (rows written,
+current labels not yet set), the harshest point for a resume; with `SKELPGT_REFINE_KILL_WORKER_ONCE=
+<path>` the first chunk fit that finds no file at <path> creates it and SIGKILLs its own process
+(a worker lost mid-task).
 
 pve_mean / pve_max of a refined label are its parent's (the SMPL→SKEL fit quality of the person's
 source), not recomputed; see schema.md §4 for why.
@@ -97,6 +110,7 @@ class RoundReport:
 
 
 KILL_ENV = "SKELPGT_REFINE_KILL_AFTER_CHUNKS"
+KILL_WORKER_ENV = "SKELPGT_REFINE_KILL_WORKER_ONCE"
 # {person key: {'orig' | 'flip': (q (46,) rad, β (10,))}}: starting points from a regressor.
 Predictions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 _ROW_FIELDS = ("label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted")
@@ -306,10 +320,23 @@ def run_chunk(job: ChunkJob, skelify: Skelify, folder: str | os.PathLike) -> Pat
     """`score_and_fit` one job into `folder`/<job file> (atomic; an existing file of the same inputs is reused) → its path."""
     path = Path(folder) / job.file_name()
     if not path.is_file():
+        _kill_worker_once()
         buf = io.BytesIO()
         np.savez(buf, **score_and_fit(job, skelify))
         atomic_write_bytes(path, buf.getvalue(), fsync=False)  # a torn file cannot be: rename is atomic; lost = refitted
     return path
+
+
+def _kill_worker_once() -> None:
+    """Test hook (module docstring): die like a lost worker, once per marker file."""
+    marker = os.environ.get(KILL_WORKER_ENV)
+    if marker:
+        try:
+            with open(marker, "x"):
+                pass
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def record_round(plan: RoundPlan, files: list[str | os.PathLike]) -> tuple[dict, dict]:

@@ -22,6 +22,7 @@ from skelpgt.datasets.refine import Predictions, load_predictions
 from skelpgt.datasets.release import read_manifest, round_dir
 from skelpgt.datasets.shards import sha256_file
 from skelpgt.fitting.camera import FOCAL_NORMALISED
+from skelpgt.fitting.device import resolve_device
 from skelpgt.fitting.models import ensure_models_dir
 
 from .data import DataConfig, eval_batches
@@ -33,6 +34,7 @@ from .network import cam_translation, pelvis_frame
 @torch.no_grad()
 def predict(checkpoint, release, out, *, round=None, split=None, models_dir=None, batch_size=16, device="cpu") -> dict:
     """Checkpoint + release (or tar set) → `out` .npz of per-person predictions (module docstring); {'path', 'n'}."""
+    device = resolve_device(device)  # 'cuda' on a Dask worker: that worker's own GPU
     model, _ = load_model(checkpoint, device)
     body = BodyModel(ensure_models_dir(models_dir)).to(device)
     frame = tuple(map(tuple, pelvis_frame(body.skel).double().tolist()))

@@ -116,28 +116,6 @@ def test_train_regressor_flow_trains_and_evaluates(prefect_api, sources, tmp_pat
     assert "mean_pose" in json.dumps(out["metrics"])
 
 
-def test_refine_from_a_checkpoint_records_its_digest(prefect_api, sources, tmp_path):
-    import hashlib
-
-    from skelpgt.datasets.refine import load_predictions
-    from skelpgt.pipelines.refine import refine_labels
-    from skelpgt.pipelines.train import train_regressor
-
-    _build(tmp_path / "w", [sources])
-    checkpoint = train_regressor(workdir=str(tmp_path / "w"), arch="vit-micro", steps=2, batch_size=2)["checkpoint"]
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-    # the default checkpoint='latest' finds train-regressor's last.pt of round 0 (a copy of `checkpoint`)
-    out = refine_labels(workdir=str(tmp_path / "w"), iterations=2, batch_size=8)
-    assert out["round"] == 1 and out["checkpoint_digest"] == digest
-    (npz,) = (tmp_path / "w" / "predictions" / "synthetic").glob(f"round-0-{digest[:16]}.npz")
-    with LabelStore(tmp_path / "w" / "labels.h5") as store:
-        rows = store.rows_of_round(1, ("sample_key", "checkpoint_digest", "producer"))
-    assert len(rows["producer"]) > 0 and set(rows["checkpoint_digest"].astype(str)) == {digest}
-    # The predictions are keyed like the labels, so every refined person had a second candidate.
-    assert set(rows["sample_key"].astype(str)) <= set(load_predictions(npz))
-    assert verify_release(tmp_path / "w" / "releases" / "synthetic", store=tmp_path / "w" / "labels.h5").ok
-
-
 def test_refine_labels_flow_makes_round_one(prefect_api, sources, tmp_path):
     from skelpgt.pipelines.refine import refine_labels
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 from skelpgt.datasets import LabelStore, pseudo_gt, verify_release
-from skelpgt.datasets.refine import KILL_ENV
+from skelpgt.datasets.refine import KILL_ENV, KILL_WORKER_ENV, load_predictions
 from skelpgt.fitting.convert import ConvertConfig, Converter
 
 FIELDS = ("label_id", "sample_key", "side", "parent_label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted", "checkpoint_digest")
@@ -49,8 +50,18 @@ def plain(project, tmp_path_factory):
     from skelpgt.pipelines.refine import refine_labels
 
     workdir = _copy(project, tmp_path_factory.mktemp("plain") / "work")
-    result = refine_labels(workdir=str(workdir), **ROUND)
-    assert result["checkpoint_digest"] and len(result["manifest"]["shards"]) == 3 and result["changed"] + result["kept"] > 0
+    result = refine_labels(workdir=str(workdir), **ROUND)  # checkpoint='latest': train-regressor's last.pt of round 0
+    assert result["round"] == 1 and len(result["manifest"]["shards"]) == 3 and result["changed"] + result["kept"] > 0
+    digest = hashlib.sha256((workdir / "checkpoints" / "syn" / "round-0" / "last.pt").read_bytes()).hexdigest()
+    assert result["checkpoint_digest"] == digest
+    (npz,) = (workdir / "predictions" / "syn").glob(f"round-0-{digest[:16]}.npz")
+    assert len(list((workdir / "predictions" / "syn").glob("round-0-*.parts/*.npz"))) == 3  # one per release shard
+    with LabelStore(workdir / "labels.h5") as store:
+        rows = store.rows_of_round(1, ("sample_key", "checkpoint_digest"))
+    assert len(rows["sample_key"]) > 0 and set(rows["checkpoint_digest"].astype(str)) == {digest}
+    # The predictions are keyed like the labels, so every refined person had a second candidate.
+    assert set(rows["sample_key"].astype(str)) <= set(load_predictions(npz))
+    assert verify_release(workdir / "releases" / "syn", store=workdir / "labels.h5").ok
     return workdir
 
 
@@ -70,14 +81,16 @@ def _assert_same_round(a, b, round: int = 1) -> None:
         assert len(pairs) == len(set(pairs)) == len(sb.labels_of_round(round - 1, ("label_id",))["label_id"])  # each side once
 
 
-def test_refine_on_dask_gives_the_in_process_labels_and_manifest(project, plain, tmp_path):
+def test_refine_on_dask_gives_the_in_process_labels_and_manifest(project, plain, tmp_path, monkeypatch):
     from skelpgt.pipelines.refine import refine_labels
 
     dask = _copy(project, tmp_path / "dask")
+    marker = tmp_path / "worker-killed"
+    monkeypatch.setenv(KILL_WORKER_ENV, str(marker))  # the workers inherit it: one of them dies in its first fit
     refine_labels(workdir=str(dask), dask_address="local:2", **ROUND)  # predictions, fits and shards on 2 workers
+    assert marker.is_file()  # a worker was lost mid-task; Dask ran its chunk again elsewhere
     _assert_same_round(plain, dask)
-    parts = sorted((dask / "predictions" / "syn").glob("round-0-*.parts/*.npz"))
-    assert len(parts) == 3  # one prediction file per release shard
+    assert len(list((dask / "predictions" / "syn").glob("round-0-*.parts/*.npz"))) == 3  # predicted per shard on the workers
     assert verify_release(dask / "releases" / "syn", store=dask / "labels.h5").ok
 
 
