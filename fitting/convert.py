@@ -294,7 +294,10 @@ class Converter:
 
     @torch.no_grad()
     def initial_guess(self, target: Tensor, smpl_betas: Tensor | None) -> Tensor:
-        """Start parameters (B,59) = (q, β, τ): mapped β, per-bone Procrustes rotations, pelvis placed."""
+        """Start parameters (B,59) = (q, β, τ) on the converter's device, from target meshes (B,6890,3) m and SMPL β (B,10) or None:
+        mapped β, per-bone Procrustes rotations, pelvis placed."""
+        target = target.to(self.device)
+        smpl_betas = None if smpl_betas is None else smpl_betas.to(self.device)
         b = target.shape[0]
         betas = target.new_zeros(b, 10) if smpl_betas is None else smpl_betas @ self.beta_map.T + self.beta_offset
         v_shaped, joints = self.skel.shape(betas)
