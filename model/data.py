@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from skelpgt.fitting.dofs import joint_dofs_from_rotation, rotations_from_dofs
 from skelpgt.fitting.keypoints import FLIP_PERMUTATION, flip_keypoints_2d
 from torch import Tensor
 from torch.nn import functional as F
@@ -213,8 +214,6 @@ def transform_keypoints_2d(kp: np.ndarray, c: np.ndarray, side: float, rot: np.n
 
 def rotate_pelvis(q: np.ndarray, rot: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
     """Label q (46,) with its global orientation turned by the in-plane rotation `rot` (2,2) of the camera frame."""
-    from .network import joint_dofs_from_rotation, rotations_from_dofs
-
     if np.allclose(rot, np.eye(2)):
         return q
     a3 = np.eye(3)
