@@ -43,11 +43,12 @@ def finished_step(out: Path, steps: int) -> int | None:
 def train_distributed(cfg: TrainConfig, launch: Launch) -> dict:
     """Train `cfg` under torchrun with `launch`'s ranks; the result rank 0 wrote (train_metrics.json), or {} on other nodes.
 
-    Output goes to `<out_dir>/torchrun.log` and the flow log; a failed rank raises one RuntimeError line."""
+    Output goes to the flow log and `<out_dir>/torchrun.log` (`torchrun-node<k>.log` on node k > 0: the folder may be
+    shared by the nodes); a failed rank raises one RuntimeError line."""
     logger = get_run_logger()
     out = Path(cfg.out_dir)
     config = cfg.write_json(out / "train_config.json")
-    log = out / "torchrun.log"
+    log = out / ("torchrun.log" if launch.node_rank == 0 else f"torchrun-node{launch.node_rank}.log")
     cmd = torchrun_command(config, launch)
     logger.info("%d ranks (%d per node × %d nodes, this node %d) via torchrun on %s:%s; log %s",
                 launch.world, launch.nproc, launch.nnodes, launch.node_rank, launch.master_addr, launch.master_port, log)  # fmt: skip
@@ -118,7 +119,7 @@ def train_regressor(
         result = train_distributed(cfg, launch)
         if not result:
             logger.info("node %d: training done; node 0 evaluates", node_rank)
-            return {"checkpoint": None, "node_rank": node_rank}
+            return {"checkpoint": None, "node_rank": node_rank, "world": launch.world}
     else:
         cfg.write_json(out / "train_config.json")
         result = train(cfg)
