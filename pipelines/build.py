@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from skelpgt.datasets import pseudo_gt
 from skelpgt.datasets.readers import source_files
@@ -24,7 +23,7 @@ from skelpgt.datasets.release import check_rebuild, check_release_name, finalize
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.models import ensure_models_dir
-from skelpgt.pipelines.runners import task_runner
+from skelpgt.pipelines.runners import results_with_progress, task_runner
 
 
 @functools.lru_cache(maxsize=4)
@@ -64,11 +63,8 @@ def write_release_shard(conv: pseudo_gt.ShardConversion, label_ids: dict, stage:
 @flow(name="convert-shards")
 def convert_shards(sources: list[str], outs: list[str], models_dir: str, config: ConvertConfig, torch_threads: int, device: str = "cpu") -> list[str]:
     """Map `convert-shard` over the sources, reporting progress as shards finish."""
-    progress = create_progress_artifact(0.0, key="build-pseudo-gt-progress", description="source shards converted")
     futures = convert_shard.map(sources, outs, unmapped(models_dir), unmapped(config), unmapped(torch_threads), unmapped(device))
-    for done, _ in enumerate(as_completed(futures), start=1):
-        update_progress_artifact(progress, 100.0 * done / len(futures))
-    return [f.result() for f in futures]
+    return results_with_progress(futures, "build-pseudo-gt-progress", "source shards converted")
 
 
 @flow(name="build-pseudo-gt", log_prints=True)

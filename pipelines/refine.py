@@ -16,21 +16,21 @@ from pathlib import Path
 
 import torch
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from skelpgt.datasets import refine
 from skelpgt.datasets.pseudo_gt import clear_staging
 from skelpgt.datasets.release import list_rounds, read_manifest, release_lock, round_dir
 from skelpgt.datasets.rounds import find_truth, label_error_vs_truth
 from skelpgt.datasets.shards import ShardInfo
+from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.models import ensure_models_dir
 from skelpgt.fitting.skel import SKEL
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
 from skelpgt.model import predict as regressor
-from skelpgt.pipelines.runners import task_runner
+from skelpgt.pipelines.runners import results_with_progress, task_runner
 from skelpgt.pipelines.train import checkpoint_dir
 
 
@@ -68,14 +68,6 @@ def write_round_shard(part: list, labels: dict, skips: dict, stage: str, index: 
     return info
 
 
-def _each_with_progress(futures: list, key: str, description: str) -> list:
-    """Results of `futures` in order, with a progress artifact updated as they finish."""
-    progress = create_progress_artifact(0.0, key=key, description=description)
-    for done, _ in enumerate(as_completed(futures), start=1):
-        update_progress_artifact(progress, 100.0 * done / len(futures))
-    return [f.result() for f in futures]
-
-
 @flow(name="refine-round")
 def refine_round_tasks(
     workdir: Path, release: str, start: int, checkpoint: str | None, models: str, config: SkelifyConfig,
@@ -88,12 +80,12 @@ def refine_round_tasks(
         if not out.is_file():
             shards, files = ([str(p) for p in col] for col in zip(*parts))
             futures = predict_shard.map(unmapped(checkpoint), shards, files, unmapped(models), unmapped(device), unmapped(torch_threads))
-            regressor.join_predictions(_each_with_progress(futures, "refine-labels-predictions", "release shards predicted"), out)
+            regressor.join_predictions(results_with_progress(futures, "refine-labels-predictions", "release shards predicted"), out)
         predictions = refine.load_predictions(out)
     torch.set_num_threads(torch_threads)
     plan = refine.plan_round(workdir, release, start, _skelify(models, config, "cpu"), predictions, digest, batch_size, camera)
     futures = skelify_chunk.map(plan.jobs, unmapped(str(plan.candidates_dir)), unmapped(models), unmapped(config), unmapped(device), unmapped(torch_threads))
-    files = _each_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
+    files = results_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
     new_labels, totals = record_round(plan, files)
     with release_lock(workdir, release):
         stage = str(clear_staging(workdir, release, plan.to_round))
@@ -129,6 +121,7 @@ def refine_labels(
     'tcp://host:port' or 'local:N' spreads predictions, fits and release shards over Dask workers;
     `device` ('cpu', 'cuda', 'cuda:N') is where fits and predictions run (each Dask worker resolves
     'cuda' to its own GPU); `torch_threads` per task."""
+    device = check_flow_device(device, dask_address)  # an unknown device or a missing GPU: one line, before any work
     workdir_path = Path(workdir).resolve()
     rounds = list_rounds(workdir_path / "releases" / release)
     if not rounds:
