@@ -109,10 +109,16 @@ def _euler_layout() -> dict[int, tuple[str, tuple[float, ...]]]:
 
 EULER_LAYOUT = _euler_layout()
 
-# Rp is composed from three rotations per joint; index NUM_DOFS stands for the identity.
-DOF_TABLE = torch.full((NUM_JOINTS, 3), NUM_DOFS, dtype=torch.long)
-for _j, _own in enumerate(JOINT_DOFS):
-    DOF_TABLE[_j, : len(_own)] = torch.tensor(_own)
+
+def _dof_table() -> Tensor:
+    """(24,3) DOF ids each joint composes, first acting first; index NUM_DOFS stands for the identity."""
+    table = torch.full((NUM_JOINTS, 3), NUM_DOFS, dtype=torch.long)
+    for j, own in enumerate(JOINT_DOFS):
+        table[j, : len(own)] = torch.tensor(own)
+    return table
+
+
+DOF_TABLE = _dof_table()
 # Exact (float64) axes; a caller holding its own copy (SKEL's float32 buffer) passes that instead.
 _AXES = torch.tensor(DOF_AXES, dtype=torch.float64)
 
