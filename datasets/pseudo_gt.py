@@ -350,27 +350,48 @@ def clear_staging(workdir: str | os.PathLike, release: str, round: int) -> Path:
     return stage
 
 
+def models_identity(models_dir: str | os.PathLike | None) -> str | None:
+    """What a manifest records about the models: the stand-ins' 'synthetic-…' tag or the folder's name (None: unknown)."""
+    if models_dir is None:
+        return None
+    complete = Path(models_dir) / ".complete"
+    return complete.read_text().strip() if complete.is_file() else os.path.basename(os.path.normpath(models_dir))
+
+
+def release_round0(
+    workdir: str | os.PathLike, release: str, conversions: list[ShardConversion], config, models_dir: str | os.PathLike | None, *,
+    overwrite: bool = False, record=record_round0, write_shard=write_release_shard,
+) -> dict:  # fmt: skip
+    """Converted shards → label store round 0 + release round 0 (under the release lock) → its manifest.
+
+    A round 0 that exists from other inputs or settings is refused before anything is written,
+    unless `overwrite`. `record` and `write_shard` default to this module's functions; the
+    `build-pseudo-gt` flow passes its tasks of them, so both paths write the same bytes.
+    """
+    from .release import check_rebuild, finalize_release, release_lock
+
+    workdir = Path(workdir)
+    release_config = round0_config(conversions, config, models_dir=models_identity(models_dir))
+    version = code_version()
+    with release_lock(workdir, release):
+        check_rebuild(workdir, release, 0, release_config, version, overwrite=overwrite)
+        label_ids = record(str(workdir / "labels.h5"), conversions)
+        stage = str(clear_staging(workdir, release, 0))
+        infos = [write_shard(c, label_ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
+        return finalize_release(
+            workdir, release, 0, shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
+            config=release_config, code_version=version, n_in=sum(c.n_in for c in conversions), overwrite=overwrite,
+        )  # fmt: skip
+
+
 def build_round0(
     sources: list[str | os.PathLike], workdir: str | os.PathLike, release: str, converter: Converter, *, overwrite: bool = False
 ) -> dict:
-    """The `build-pseudo-gt` steps in one process (tests, benchmarks, the regressor demo): sources → round-0 release; its manifest.
-
-    A round 0 that exists from other inputs or settings is refused before anything is written,
-    unless `overwrite`.
-    """
-    from .release import check_rebuild, check_release_name, finalize_release, release_lock
+    """The `build-pseudo-gt` steps in one process (tests, benchmarks, the regressor demo): sources → round-0 release; its manifest."""
+    from .release import check_release_name
 
     check_release_name(release)
     workdir = Path(workdir)
     sources = [str(s) for s in sources]
     conversions = drop_duplicate_images([convert_source_shard(s, converter, conversion_path(workdir, release, s)) for s in sources])
-    config, version = round0_config(conversions, converter.config), code_version()
-    with release_lock(workdir, release):
-        check_rebuild(workdir, release, 0, config, version, overwrite=overwrite)
-        ids = record_round0(workdir / "labels.h5", conversions)
-        stage = clear_staging(workdir, release, 0)
-        infos = [write_release_shard(c, ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
-        return finalize_release(
-            workdir, release, 0, shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
-            config=config, code_version=version, n_in=sum(c.n_in for c in conversions), overwrite=overwrite,
-        )  # fmt: skip
+    return release_round0(workdir, release, conversions, converter.config, converter.models_dir, overwrite=overwrite)

@@ -9,7 +9,6 @@ manifest. Per-shard tasks run in order in-process, or on Dask (`dask_address`).
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from skelpgt.datasets import pseudo_gt
 from skelpgt.datasets.readers import source_files
-from skelpgt.datasets.release import check_rebuild, check_release_name, finalize_release, release_lock
+from skelpgt.datasets.release import check_release_name
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.models import ensure_models_dir
@@ -110,18 +109,9 @@ def build_pseudo_gt(
 
     conversions = pseudo_gt.drop_duplicate_images([_load(f) for f in label_files])
     summary = pseudo_gt.summarize(conversions)
-    release_config = pseudo_gt.round0_config(conversions, config, models_dir=_models_identity(models))
-    version = pseudo_gt.code_version()
-    with release_lock(workdir_path, release):
-        check_rebuild(workdir_path, release, 0, release_config, version, overwrite=overwrite)
-        label_ids = record_labels(str(workdir_path / "labels.h5"), conversions)
-        stage = str(pseudo_gt.clear_staging(workdir_path, release, 0))
-        infos = [write_release_shard(c, label_ids, stage, i, release) for i, c in enumerate(conversions)]
-        manifest = finalize_release(
-            workdir_path, release, 0,
-            shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
-            config=release_config, code_version=version, n_in=summary["persons_in"], overwrite=overwrite,
-        )  # fmt: skip
+    manifest = pseudo_gt.release_round0(
+        workdir_path, release, conversions, config, models, overwrite=overwrite, record=record_labels, write_shard=write_release_shard
+    )
     release_dir = workdir_path / "releases" / release / "round-0"
     create_markdown_artifact(key="build-pseudo-gt-summary", markdown=_summary_markdown(release_dir, summary, manifest))
     logger.info("release %s: %s", release_dir, summary)
@@ -143,12 +133,6 @@ def _synthetic_inputs(workdir: Path, n_images: int, seed: int, models_dir: str) 
     if not (out / "dataset.json").is_file():
         make_synthetic_dataset(out, n_images, seed=seed, models_dir=models_dir)
     return out / "shards"
-
-
-def _models_identity(models_dir: str) -> str:
-    """What the manifest records about the models: 'synthetic-…' stand-ins or the folder name."""
-    complete = Path(models_dir) / ".complete"
-    return complete.read_text().strip() if complete.is_file() else os.path.basename(os.path.normpath(models_dir))
 
 
 def _summary_markdown(release_dir: Path, summary: dict, manifest: dict) -> str:

@@ -32,6 +32,18 @@ def _build(workdir, inputs, **kw):
     return build_pseudo_gt(inputs=[str(i) for i in inputs], workdir=str(workdir), batch_size=8, **kw)
 
 
+def test_the_flow_and_the_direct_call_write_the_same_manifest(prefect_api, sources, tmp_path, models_dir):
+    """build-pseudo-gt and pseudo_gt.build_round0 (tests, benchmarks, demos) are one path: same manifest bytes."""
+    from skelpgt.datasets import pseudo_gt
+    from skelpgt.datasets.readers import source_files
+    from skelpgt.fitting.convert import ConvertConfig, Converter
+
+    flow = _build(tmp_path / "flow", [sources])
+    direct = pseudo_gt.build_round0(source_files(sources), tmp_path / "direct", "synthetic", Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=8)))
+    assert direct["config"]["models_dir"] == flow["manifest"]["config"]["models_dir"] != ""
+    assert (Path(flow["release"]) / "manifest.json").read_bytes() == (tmp_path / "direct" / "releases" / "synthetic" / "round-0" / "manifest.json").read_bytes()
+
+
 def test_build_gives_a_verified_release_with_counts_that_add_up(prefect_api, sources, tmp_path, models_dir):
     result = _build(tmp_path / "w", [sources])
     release = Path(result["release"])
