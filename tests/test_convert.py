@@ -7,7 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from skelpgt.fitting.convert import ConvertConfig, Converter, dofs_from_rotations
+from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.fitting.dofs import dofs_from_rotations
 from skelpgt.fitting.limits import LIMIT_QIDS, mirror_consistent_bounds
 from skelpgt.fitting.mirror import mirror_pose
 from skelpgt.pipelines.cli import app

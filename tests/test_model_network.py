@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from skelpgt.fitting.convert import dofs_from_rotations
+from skelpgt.fitting.dofs import dofs_from_rotations
 from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.model.network import (
     VIT_CONFIGS,

@@ -9,10 +9,10 @@ import pytest
 import roma
 import torch
 
-from skelpgt.fitting.convert import ConvertConfig, Converter, dofs_from_rotations
+from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.fitting.dofs import DOF_AXES, DOFS_PER_JOINT, dofs_from_rotations
 from skelpgt.fitting.motion import smpl_rotation_steps, synthetic_motion
 from skelpgt.fitting.sequence import BALL_JOINTS, SequenceConfig, ball_joint_dofs, continuous_dofs, convert_sequence, rotation_steps
-from skelpgt.fitting.skel import DOF_AXES
 
 FRAMES = 120
 
@@ -78,8 +78,6 @@ def test_shared_betas_one_shape_per_sequence(models_dir):
 
 
 def test_ball_joints_are_the_rotation_only_three_dof_joints():
-    from skelpgt.fitting.skel import DOFS_PER_JOINT
-
     assert all(DOFS_PER_JOINT[j] == 3 for j in BALL_JOINTS)
     assert np.array_equal(ball_joint_dofs()[0], [0, 1, 2])
 
