@@ -16,7 +16,7 @@ store, release shards, manifest, quarantine, refine bookkeeping — is the flows
 for real in the refine round, with `--refine-iterations` (default 1) instead of 10. `costs` measures
 what was skipped: the converter's and SKELify's per-person cost on one core.
 
-Usage: python benchmarks/scale.py run --people 10000 --out /tmp/scale-10k [--no-refine]
+Usage: python benchmarks/scale.py run --people 10000 --out /tmp/scale-10k [--no-refine] [--camera fit-focal] [--refine-batch 1024]
        python benchmarks/scale.py costs --n 300
 A commit to the checkout during a run changes `code_version()` and with it every conversion
 file's validity; run from an unchanging checkout (or a `git archive` copy on PYTHONPATH).
@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -271,6 +272,18 @@ def task_spans(since) -> dict[str, dict]:
     return {k: {"count": v["count"], "sum_s": v["sum_s"], "span_s": (v["last"] - v["first"]).total_seconds()} for k, v in out.items()}
 
 
+def candidate_files(workdir: Path, started: float) -> dict:
+    """refine-labels' per-chunk candidate files so far: count, person sides, seconds from `started` (epoch) to the first and last."""
+    files = sorted((workdir / "refine").rglob("*.npz"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return {"files": 0, "sides": 0}
+    sides = 0
+    for path in files:
+        with np.load(path) as z:
+            sides += len(z["accepted"])
+    return {"files": len(files), "sides": sides, "first_s": files[0].stat().st_mtime - started, "last_s": files[-1].stat().st_mtime - started}
+
+
 def tree_bytes(path: Path) -> int:
     """Bytes of the files under `path` (0 if absent)."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
@@ -324,7 +337,6 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
     from datetime import datetime, timezone
 
     from skelpgt.datasets import verify_release
-    from skelpgt.datasets.atomic import atomic_write_bytes
     from skelpgt.datasets.pseudo_gt import conversion_path
     from skelpgt.fitting.convert import ConvertConfig
     from skelpgt.fitting.keypoints import KeypointRegressor
@@ -338,12 +350,23 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
     models = str(ensure_models_dir(args.models_dir))
     rows: dict[str, dict] = {}
 
-    def step(name: str, fn):
+    def step(name: str, fn, minutes: float | None = None):
+        """Run one measured step; with `minutes`, interrupt it (SIGINT) after that long and mark its row interrupted."""
         t0 = sampler.start_phase(name)
-        result = fn()
-        rows[name] = {"wall_s": time.perf_counter() - t0}
+        rows[name] = {"started": time.time()}
+        timer = threading.Timer(60 * minutes, signal.raise_signal, (signal.SIGINT,)) if minutes else None
+        try:
+            if timer:
+                timer.start()
+            result = fn()
+        except KeyboardInterrupt:
+            result, rows[name]["interrupted"] = None, True
+        finally:
+            if timer:
+                timer.cancel()
+        rows[name]["wall_s"] = time.perf_counter() - t0
         sampler.start_phase("between steps")
-        print(f"{name}: {rows[name]['wall_s']:.1f} s", flush=True)
+        print(f"{name}: {rows[name]['wall_s']:.1f} s{' (interrupted)' if result is None else ''}", flush=True)
         return result
 
     # the flow's convert-shard config (build_pseudo_gt's defaults, batch_size 256)
@@ -376,26 +399,36 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
     if not report.ok:
         raise SystemExit(f"verify failed: {report.errors[:5]}")
     result = {"people": args.people, "shards": n_shards, "summary": summary, "manifest_counts": build["manifest"]["counts"], "sizes": sizes_now}
+    result["settings"] = {k: getattr(args, k) for k in ("dask", "refine_iterations", "camera", "refine_batch", "seed")}
     if args.refine:
         since = datetime.now(timezone.utc)
         refined = step("refine-labels", lambda: refine_labels(
             workdir=str(workdir), release=RELEASE, checkpoint=None, models_dir=models, iterations=args.refine_iterations,
-            camera=args.camera, dask_address=args.dask, torch_threads=1,
-        ))  # fmt: skip
+            camera=args.camera, dask_address=args.dask, torch_threads=1, batch_size=args.refine_batch,
+        ), minutes=args.refine_minutes)  # fmt: skip
         rows["refine-labels"]["tasks"] = task_spans(since)
+        rows["refine-labels"]["candidates"] = candidate_files(workdir, rows["refine-labels"]["started"])
+        if refined is None:  # interrupted: what it did until then is in the row
+            return _finish(result, rows, sampler, out)
         result["refine"] = {k: refined[k] for k in ("round", "changed", "kept", "skipped")}
         result["sizes"]["labels_h5_after_refine"] = (workdir / "labels.h5").stat().st_size
         result["sizes"]["release_round1"] = tree_bytes(release.parent / "round-1")
-        result["sizes"]["work_after_refine"] = tree_bytes(workdir / "work")
+        result["sizes"]["refine_candidates"] = tree_bytes(workdir / "refine")
         report = step("verify-round-1", lambda: verify_release(release.parent / "round-1", store=workdir / "labels.h5"))
         if not report.ok:
             raise SystemExit(f"verify round 1 failed: {report.errors[:5]}")
+    return _finish(result, rows, sampler, out)
+
+
+def _finish(result: dict, rows: dict, sampler: TreeSampler, out: Path) -> dict:
+    """Peaks into the rows, `<out>/scale.json` written, the table printed."""
+    from skelpgt.datasets.atomic import atomic_write_bytes
+
     sampler.stop()
     for name, row in rows.items():
         peak = sampler.peaks.get(name, Peaks())
         row.update(flow_rss=peak.flow, worker_rss=peak.worker, workers_rss=peak.workers, server_rss=peak.server, cpu_s=peak.cpu)
     result["steps"] = rows
-    result["settings"] = {"dask_address": args.dask, "refine_iterations": args.refine_iterations, "camera": args.camera, "seed": args.seed}
     atomic_write_bytes(out / "scale.json", json.dumps(result, indent=1, default=str).encode())
     print_table(result)
     return result
@@ -411,6 +444,8 @@ def print_table(result: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, row in result["steps"].items():
         print(f"| {n:,} | {name} | {row['wall_s']:.1f} | {1000 * row['wall_s'] / n:.2f} | {cpu(row['cpu_s'])} | {mb(row['flow_rss'])} | {mb(row['worker_rss'])} | {mb(row['workers_rss'])} | {mb(row['server_rss'])} |")
+        if "candidates" in row:
+            print(f"|  | ↳ candidate files {row['candidates']} |  |  |  |  |  |  |  |")
         for task, t in row.get("tasks", {}).items():
             print(f"|  | ↳ {task} ×{t['count']} | span {t['span_s']:.1f} | sum {1000 * t['sum_s'] / n:.2f} |  |  |  |  |  |")
     print("\n| people | " + " | ".join(result["sizes"]) + " |")
@@ -483,6 +518,8 @@ def main() -> None:
     run.add_argument("--dask", default="local:2", help="dask_address of both flows")
     run.add_argument("--no-refine", dest="refine", action="store_false")
     run.add_argument("--camera", default="fit-focal")
+    run.add_argument("--refine-minutes", type=float, default=None, help="interrupt refine-labels after this long (its row then shows how far it got)")
+    run.add_argument("--refine-batch", type=int, default=1024, help="refine-labels batch_size: persons per SKELify task (the flow's default 64 makes ~2 tasks per 100 people)")
     cost = sub.add_parser("costs", help="per-person cost of the real converter and SKELify")
     cost.add_argument("--n", type=int, default=300)
     cost.add_argument("--threads", type=int, default=1)
