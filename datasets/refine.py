@@ -186,25 +186,14 @@ class RoundPlan:
         return max(1, self.manifest["counts"]["samples"] // max(1, len(self.manifest["shards"])))
 
 
-def refine_round(
-    workdir: str | os.PathLike,
-    release: str,
-    from_round: int,
-    skelify: Skelify,
-    predictions: Predictions | None = None,
-    checkpoint_digest: str = "",
-    batch_size: int = 64,
-    camera: str = "fit-focal",
-) -> RoundReport:
+def refine_round(workdir: str | os.PathLike, release: str, from_round: int, skelify: Skelify, **options) -> RoundReport:
     """Refine release `release` round `from_round` into round `from_round + 1` (store + release), in this process.
 
-    The same steps as the `refine-labels` flow, one after the other: `plan_round`, `run_chunk` per
-    job, `record_round` (the only store writer), `write_round_shard` per release shard, `finish_round`.
-    With `predictions`, every person side with a prediction gets a second SKELify candidate
-    started from it; the better-scoring candidate challenges the current label. `camera`: one of
-    CAMERAS, where the per-person intrinsics come from (module docstring).
+    The same steps as the `refine-labels` flow, one after the other: `plan_round` (which takes the
+    `options`: predictions, checkpoint_digest, batch_size, camera), `run_chunk` per job,
+    `record_round` (the only store writer), `write_round_shard` per release shard, `finish_round`.
     """
-    plan = plan_round(workdir, release, from_round, skelify, predictions, checkpoint_digest, batch_size, camera)
+    plan = plan_round(workdir, release, from_round, skelify, **options)
     files = [run_chunk(job, skelify, plan.candidates_dir) for job in plan.jobs]
     new_labels, totals = record_round(plan, files)
     with release_lock(plan.workdir, release):
@@ -227,7 +216,13 @@ def plan_round(
     camera: str = "fit-focal",
 ) -> RoundPlan:
     """Read round `from_round` (labels, sources, cameras) → the round's config and its chunk jobs (fixed
-    chunks of `batch_size` persons per side, so reruns and any number of workers see the same numbers)."""
+    chunks of `batch_size` persons per side, so reruns and any number of workers see the same numbers).
+
+    With `predictions`, every person side with a prediction gets a second SKELify candidate
+    started from it (`checkpoint_digest`: its checkpoint's sha256, recorded on every new row); the
+    better-scoring candidate challenges the current label. `camera`: one of CAMERAS, where the
+    per-person intrinsics come from (module docstring).
+    """
     if camera not in CAMERAS:
         raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
     workdir = Path(workdir)
