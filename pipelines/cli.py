@@ -226,9 +226,7 @@ def refine_cmd(
     """One SKELify refinement round: round N → N+1 (labels, history and release); rerun to resume."""
     from skelpgt.datasets.refine import refine_round
     from skelpgt.datasets.release import list_rounds
-    from skelpgt.fitting.keypoints import KeypointRegressor
     from skelpgt.fitting.models import ensure_models_dir
-    from skelpgt.fitting.skel import SKEL
     from skelpgt.fitting.device import resolve_device
     from skelpgt.fitting.skelify import Skelify, SkelifyConfig
     from skelpgt.model.predict import predict_round
@@ -242,7 +240,7 @@ def refine_cmd(
     if checkpoint is not None and not checkpoint.is_file():
         raise typer.BadParameter(f"{checkpoint}: no such checkpoint file")
     predictions, digest = predict_round(checkpoint, workdir, release, start, models, device=device) if checkpoint else (None, "")
-    skelify = Skelify(SKEL.from_file(models), KeypointRegressor.from_models_dir(models), SkelifyConfig(iterations=iterations), device=device)
+    skelify = Skelify.from_models_dir(models, SkelifyConfig(iterations=iterations), device=device)
     report = refine_round(workdir, release, start, skelify, predictions=predictions, checkpoint_digest=digest, batch_size=batch_size, camera=camera)
     typer.echo(f"round {report.round}: {report.changed} changed, {report.kept} kept, {report.skipped} skipped; "
                f"kp2d_err {report.kp2d_err_before:.4f} → {report.kp2d_err_after:.4f}"

@@ -25,9 +25,7 @@ from skelpgt.datasets.release import list_rounds, read_manifest, release_lock, r
 from skelpgt.datasets.rounds import find_truth, label_error_vs_truth
 from skelpgt.datasets.shards import ShardInfo
 from skelpgt.fitting.device import check_flow_device
-from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.models import ensure_models_dir
-from skelpgt.fitting.skel import SKEL
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
 from skelpgt.model import predict as regressor
 from skelpgt.pipelines.runners import results_with_progress, task_runner
@@ -37,7 +35,7 @@ from skelpgt.pipelines.train import checkpoint_dir
 @functools.lru_cache(maxsize=2)
 def _skelify(models_dir: str, config: SkelifyConfig, device: str) -> Skelify:
     """One SKELify per worker process, configuration and device (model loading takes seconds)."""
-    return Skelify(SKEL.from_file(models_dir), KeypointRegressor.from_models_dir(models_dir), config, device=device)
+    return Skelify.from_models_dir(models_dir, config, device=device)
 
 
 @task(name="predict-shard", cache_policy=NO_CACHE, retries=1)
