@@ -266,12 +266,11 @@ class BodyModels:
     """SKEL (and, on demand, SMPL) + the 44-keypoint regressor, to turn labels into `Geometry`."""
 
     def __init__(self, models_dir, gender: str = "male"):
-        from skelpgt.fitting.keypoints import KeypointRegressor
-        from skelpgt.fitting.skel import SKEL
+        from skelpgt.fitting.body import load_body
 
         self.models_dir = models_dir
-        self.skel = SKEL.from_file(models_dir, gender=gender)
-        self.regressor = KeypointRegressor.from_models_dir(models_dir)
+        body = load_body(models_dir, gender)
+        self.skel, self.regressor = body.skel, body.keypoints
         self._smpl = None
 
     def skel_geometry(self, poses: np.ndarray, betas: np.ndarray) -> Geometry:

@@ -93,13 +93,14 @@ def label_error_vs_truth(
     which ignores the global orientation: a label in the crop camera's convention (the orientation
     a 2D fit through HSMR's crop camera drifts to, up to ~20° off for off-centre people) is not
     counted as wrong in body pose for that."""
-    from skelpgt.fitting.keypoints import FLIP_PERMUTATION, KeypointRegressor
+    from skelpgt.fitting.body import load_body
+    from skelpgt.fitting.keypoints import FLIP_PERMUTATION
     from skelpgt.fitting.models import ensure_models_dir
-    from skelpgt.fitting.skel import SKEL
     from skelpgt.fitting.smpl import load_smpl, smpl_forward
 
     models = ensure_models_dir(models_dir)
-    regressor, skel, smpl = KeypointRegressor.from_models_dir(models), SKEL.from_file(models), load_smpl(models, "neutral")
+    body, smpl = load_body(models), load_smpl(models, "neutral")
+    regressor, skel = body.keypoints, body.skel
     true = _read_truth([truth] if isinstance(truth, (str, os.PathLike)) else truth)
     with LabelStore(Path(workdir) / "labels.h5") as store:
         labels = store.labels_of_round(round, ("sample_key", "side", "poses", "betas"))
