@@ -489,6 +489,21 @@ def costs(args) -> None:
                 sk.fit(kp[i : i + 64], q[i : i + 64], b[i : i + 64])
         flops = _gflop(lambda: sk.fit(kp[:64], q[:64], b[:64])) / 64
         print(f"skelify iterations={iterations}, per side: wall {1000 * t['wall'] / args.n:.1f} ms, CPU {1000 * t['cpu'] / args.n:.1f} ms, {flops:.3f} GFLOP")
+    print(f"Prefect's scan of a task argument of label ids: {prefect_scan_us():.1f} µs CPU per person")
+
+
+def prefect_scan_us(entries: int = 100_000) -> float:
+    """µs per entry Prefect spends scanning a task argument for futures, on a {person key: {side: label id}} dict.
+
+    `build-pseudo-gt` hands every write-release-shard task the ids of all persons, so the flow pays
+    this once per shard for every person: shards × persons in all.
+    """
+    from prefect.utilities.engine import collect_task_run_inputs_sync
+
+    ids = {f"scale/0-{i:06d}_0": {"orig": 2 * i, "flip": 2 * i + 1} for i in range(entries)}
+    with _timer() as t:
+        collect_task_run_inputs_sync(ids)
+    return 1e6 * t["cpu"] / entries
 
 
 def _gflop(fn) -> float:
