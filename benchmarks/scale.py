@@ -2,11 +2,12 @@
 
 Writes N synthetic people into HMR2.0-style source tars (tiny JPEGs, ~1000 people per shard,
 1–4 per image, 5 % without SMPL, 0.2 % with a NaN pose that the reader quarantines), then runs
-the real flows on a fresh work folder and prints one table row per step: wall time, peak RSS of
-the flow process (Prefect flow + Dask scheduler, same process) and of the Dask workers (psutil,
-sampled in a thread every 0.2 s over the whole process tree), and the sizes on disk.
+the real flows against a local Prefect server on a fresh work folder and prints one table row per
+step: wall time, CPU seconds and peak RSS of the flow process (Prefect flow + Dask scheduler, same
+process), the Dask workers and the server (psutil, sampled in a thread every 0.2 s over the whole
+process tree), and the sizes on disk. Results: benchmarks/SCALE.md.
 
-Cheap labels (issue 14 allows it): SMPL→SKEL fitting (~70 ms/person/core) would dominate, so the
+Cheap labels (issue 14 allows it): SMPL→SKEL fitting (≈ 87 ms CPU per person side) would dominate, so the
 per-shard conversion files that `build-pseudo-gt`'s convert-shard tasks reuse are pre-written
 (`pseudo_gt.conversion_path` / `save_conversion`, same source digest, config digest and code
 version, so the tasks skip them): each person's round-0 label is the SKEL pose the generator drew
@@ -14,9 +15,11 @@ version, so the tasks skip them): each person's round-0 label is the SKEL pose t
 camera plus noise. Everything else — reading and validating the sources, the Dask tasks, the label
 store, release shards, manifest, quarantine, refine bookkeeping — is the flows' own. SKELify runs
 for real in the refine round, with `--refine-iterations` (default 1) instead of 10. `costs` measures
-what was skipped: the converter's and SKELify's per-person cost on one core.
+what was skipped: the converter's and SKELify's per-person cost (CPU time, FLOPs) on one core, and
+Prefect's per-person cost of scanning a task argument that holds every person's label ids.
 
 Usage: python benchmarks/scale.py run --people 10000 --out /tmp/scale-10k [--no-refine] [--camera fit-focal] [--refine-batch 1024]
+                                     [--refine-minutes M]
        python benchmarks/scale.py costs --n 300
 A commit to the checkout during a run changes `code_version()` and with it every conversion
 file's validity; run from an unchanging checkout (or a `git archive` copy on PYTHONPATH).
