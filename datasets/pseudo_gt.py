@@ -377,7 +377,8 @@ def release_round0(
         check_rebuild(workdir, release, 0, release_config, version, overwrite=overwrite)
         label_ids = record(str(workdir / "labels.h5"), conversions)
         stage = str(clear_staging(workdir, release, 0))
-        infos = [write_shard(c, label_ids, stage, index=i, release=release) for i, c in enumerate(conversions)]
+        # each shard gets only its own ids: a task's arguments are scanned per call (quadratic at scale, benchmarks/SCALE.md)
+        infos = [write_shard(c, {k: label_ids[k] for k in c.keys}, stage, index=i, release=release) for i, c in enumerate(conversions)]
         return finalize_release(
             workdir, release, 0, shard_infos=[i for i in infos if i is not None], quarantine=[e for c in conversions for e in c.quarantine],
             config=release_config, code_version=version, n_in=sum(c.n_in for c in conversions), overwrite=overwrite,

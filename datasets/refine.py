@@ -67,6 +67,7 @@ source), not recomputed; see schema.md §4 for why.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -239,9 +240,9 @@ def plan_round(
         committed = _committed_rows(store, from_round + 1, config_digest)
     quarantine = read_quarantine(folder / QUARANTINE)
     skips = dict(zip(sources, quarantined_keys(sources, quarantine)))
-    people, images = _read_people(sources, labels, skips)
+    people, sizes, images = _read_people(sources, labels, skips)
     keys = sorted(people)
-    intrinsics = intrinsics_px(people, camera)
+    intrinsics = intrinsics_px(people, camera, sizes)
     if camera == "fit-focal":
         intrinsics = fit_image_focals(people, labels, skelify, intrinsics, declared=intrinsics_px(people, "source"))
     jobs = []
@@ -253,19 +254,24 @@ def plan_round(
     return RoundPlan(workdir, release, from_round, manifest, config, config_digest, checkpoint_digest, labels, jobs, quarantine, images, skips)
 
 
-def _read_people(sources: list[str], labels: dict, skips: dict) -> tuple[dict, list[tuple[str, list[list[str]]]]]:
-    """One pass over the sources → ({labelled person key: PersonRecord}, [(source, [labelled keys of each image of its release stream])])."""
+def _read_people(sources: list[str], labels: dict, skips: dict) -> tuple[dict, dict, list[tuple[str, list[list[str]]]]]:
+    """One pass over the sources → ({labelled person key: PersonRecord without its image bytes}, {person key: image (W, H) px
+    or None}, [(source, [labelled keys of each image of its release stream])]). Image bytes are dropped as they are
+    read: the plan's memory grows with the persons, not with the release's images."""
     people: dict = {}
+    sizes: dict = {}
     images = []
     for source in sources:
         per_image = []
         for _, persons in source_images(source, skips[source]):
+            kept = [r for r in persons if r.key in labels and r.key not in people]  # a key in two sources: the release kept the first
+            if kept:
+                size = image_size(kept[0].image)
+                for r in kept:
+                    people[r.key], sizes[r.key] = dataclasses.replace(r, image=b""), size
             per_image.append([r.key for r in persons if r.key in labels])
-            for r in persons:
-                if r.key in labels:
-                    people.setdefault(r.key, r)  # an image key seen in two sources: the release kept the first copy
         images.append((source, per_image))
-    return people, images
+    return people, sizes, images
 
 
 def _job(index, chunk, side, side_index, people, labels, intrinsics, predictions, committed, config_digest) -> ChunkJob:
@@ -485,8 +491,10 @@ def _describe_camera(source: str, mode: str) -> dict:
     return {"camera": "crop", "focal_normalised": FOCAL_NORMALISED, "principal_point_normalised": [0.0, 0.0]}
 
 
-def intrinsics_px(people: dict, mode: str) -> dict[str, tuple[float, float, float]]:
-    """{person key: PersonRecord} → {person key: full-image (focal, cx, cy) px} where known under `mode` (absent: HSMR's crop camera)."""
+def intrinsics_px(people: dict, mode: str, sizes: dict | None = None) -> dict[str, tuple[float, float, float]]:
+    """{person key: PersonRecord} → {person key: full-image (focal, cx, cy) px} where known under `mode` (absent: HSMR's crop camera).
+
+    `sizes` {person key: (W, H) px or None}: the image sizes when the records no longer hold their images."""
     if mode == "crop":
         return {}
     per_source: dict[str, tuple[float, list[float]] | None] = {}
@@ -498,7 +506,7 @@ def intrinsics_px(people: dict, mode: str) -> dict[str, tuple[float, float, floa
         if known is not None:
             out[key] = (known[0], *known[1])
         elif mode in ("full-image", "fit-focal"):
-            size = image_size(rec.image)
+            size = image_size(rec.image) if sizes is None else sizes.get(key)
             if size is not None:
                 focal, principal = full_image_intrinsics(torch.tensor([size[0]]), torch.tensor([size[1]]))
                 out[key] = (float(focal[0]), float(principal[0, 0]), float(principal[0, 1]))

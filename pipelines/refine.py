@@ -18,6 +18,7 @@ import torch
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from skelpgt.datasets import refine
 from skelpgt.datasets.pseudo_gt import clear_staging
@@ -84,7 +85,7 @@ def refine_round_tasks(
     plan = refine.plan_round(workdir, release, start, _skelify(models, config, "cpu"), predictions, digest, batch_size, camera)
     futures = skelify_chunk.map(plan.jobs, unmapped(str(plan.candidates_dir)), unmapped(models), unmapped(config), unmapped(device), unmapped(torch_threads))
     files = results_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
-    new_labels, totals = record_round(plan, files)
+    new_labels, totals = record_round(quote(plan), files)  # quoted: Prefect would scan every label of the plan
     with release_lock(workdir, release):
         stage = str(clear_staging(workdir, release, plan.to_round))
         parts = refine.release_parts(plan)
