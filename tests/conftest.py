@@ -29,9 +29,9 @@ def family_dir(request, models_dir, models_dir_b):
     return {"A": models_dir, "B": models_dir_b}[request.param]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """A temporary Prefect API (SQLite) for a module's flow runs."""
+    """A temporary Prefect API (SQLite) for the session's flow runs (started once: each start costs ~15 s)."""
     import os
 
     os.environ.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
