@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import roma
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 from tqdm import tqdm
 
@@ -515,8 +516,6 @@ def _uniform_vertices(n: int, count: int) -> Tensor:
 
 def _vertex_mirror(verts: Tensor) -> Tensor:
     """For each template vertex, the vertex nearest its mirror image (x → −x)."""
-    from scipy.spatial import cKDTree
-
     v = verts.double().numpy()
     return torch.from_numpy(cKDTree(v).query(v * np.array([-1.0, 1.0, 1.0]))[1])
 

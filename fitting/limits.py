@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from .mirror import MIRROR_PERMUTATION, MIRROR_SIGNS
+
 __all__ = [
     "LIMIT_NAMES",
     "LIMIT_QIDS",
@@ -205,8 +207,6 @@ def mirror_consistent_bounds() -> Tensor:
     sides although the mirror flips its sign; pro_sup and scapula_upward_rot differ in width).
     Fitting priors use this version; reported violations keep HSMR's table.
     """
-    from .mirror import MIRROR_PERMUTATION, MIRROR_SIGNS
-
     bounds = torch.as_tensor(LIMIT_BOUNDS, dtype=torch.float64).clone()
     row_of = {int(q): i for i, q in enumerate(LIMIT_QIDS)}
     for row, q in enumerate(LIMIT_QIDS):

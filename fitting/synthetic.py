@@ -480,7 +480,7 @@ def make_synthetic_models(out: str | os.PathLike, tiny: bool = False, seed: int 
     if family == "A":
         bodies = build_bodies(seed)
     else:
-        from .synthetic_b import build_bodies_b
+        from .synthetic_b import build_bodies_b  # import cycle: synthetic_b builds on this module's helpers
 
         bodies = build_bodies_b(seed)
     for gender, body in bodies.items():
