@@ -9,7 +9,7 @@ process tree), and the sizes on disk. Results: benchmarks/SCALE.md.
 
 Cheap labels (issue 14 allows it): SMPL→SKEL fitting (≈ 87 ms CPU per person side) would dominate, so the
 per-shard conversion files that `build-pseudo-gt`'s convert-shard tasks reuse are pre-written
-(`pseudo_gt.conversion_path` / `save_conversion`, same source digest, config digest and code
+(`Workdir.conversion` / `save_conversion`, same source digest, config digest and code
 version, so the tasks skip them): each person's round-0 label is the SKEL pose the generator drew
 (within the joint limits) and its 2D keypoints are that label's keypoints projected with a pinhole
 camera plus noise. Everything else — reading and validating the sources, the Dask tasks, the label
@@ -141,7 +141,8 @@ def prewrite_conversion(source: Path, labels: ShardLabels, config, out: Path) ->
     Reads the source with the flow's reader (same records, counts and quarantine entries as the
     real task) and keeps the digests the task checks, so the flow's convert-shard task reuses it.
     """
-    from skelpgt.datasets import pseudo_gt
+    from skelpgt.datasets.conversion import ShardConversion, save_conversion
+    from skelpgt.datasets.provenance import code_version
     from skelpgt.datasets.quarantine import Quarantine
     from skelpgt.datasets.readers import ReadCounts, read_source
     from skelpgt.datasets.shards import sha256_file
@@ -152,13 +153,13 @@ def prewrite_conversion(source: Path, labels: ShardLabels, config, out: Path) ->
     keys = [r.key for r in records if r.has_smpl]
     row = {k: i for i, k in enumerate(labels.keys)}
     take = np.array([row[k] for k in keys], dtype=np.int64)
-    conv = pseudo_gt.ShardConversion(
-        source=str(source), source_sha256=sha256_file(source), config_digest=config.digest(), code_version=pseudo_gt.code_version(),
+    conv = ShardConversion(
+        source=str(source), source_sha256=sha256_file(source), config_digest=config.digest(), code_version=code_version(),
         keys=keys, labels={s: {f: v[take] for f, v in fields.items()} for s, fields in labels.sides.items()},
         quarantine=list(quarantine), n_in=counts.n_in, n_unlabelled=len(records) - len(keys),
         seconds=time.perf_counter() - start, person_keys=[r.key for r in records],
     )  # fmt: skip
-    pseudo_gt.save_conversion(conv, out)
+    save_conversion(conv, out)
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
     from datetime import datetime, timezone
 
     from skelpgt.datasets import verify_release
-    from skelpgt.datasets.pseudo_gt import conversion_path
+    from skelpgt.datasets.workdir import Workdir
     from skelpgt.fitting.convert import ConvertConfig
     from skelpgt.fitting.keypoints import KeypointRegressor
     from skelpgt.fitting.models import ensure_models_dir
@@ -383,7 +384,7 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
         return [write_source_shard(p, skelify, args.seed, i, n) for i, (p, n) in enumerate(zip(paths, sizes))]
 
     labels = step("sources", make_sources)
-    step("cheap-conversions", lambda: [prewrite_conversion(p, lab, config, conversion_path(workdir, RELEASE, p)) for p, lab in zip(paths, labels)])
+    step("cheap-conversions", lambda: [prewrite_conversion(p, lab, config, Workdir(workdir).conversion(RELEASE, p)) for p, lab in zip(paths, labels)])
     del labels
     written = {p: p.stat().st_mtime_ns for p in (workdir / "work").rglob("*.labels.npz")}
     since = datetime.now(timezone.utc)
@@ -396,9 +397,9 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
         raise SystemExit(f"build-pseudo-gt converted {len(redone)} shards again instead of reusing the cheap labels, e.g. {redone[0]}")
     summary = build["summary"]
     release = Path(build["release"])
-    sizes_now = {"labels_h5": (workdir / "labels.h5").stat().st_size, "release_round0": tree_bytes(release), "sources": tree_bytes(source),
+    sizes_now = {"labels_h5": Workdir(workdir).labels.stat().st_size, "release_round0": tree_bytes(release), "sources": tree_bytes(source),
                  "conversions": tree_bytes(workdir / "work")}  # fmt: skip
-    report = step("verify-round-0", lambda: verify_release(release, store=workdir / "labels.h5"))
+    report = step("verify-round-0", lambda: verify_release(release, store=Workdir(workdir).labels))
     if not report.ok:
         raise SystemExit(f"verify failed: {report.errors[:5]}")
     result = {"people": args.people, "shards": n_shards, "summary": summary, "manifest_counts": build["manifest"]["counts"], "sizes": sizes_now}
@@ -414,10 +415,10 @@ def _rehearse(args, out: Path, workdir: Path, source: Path, sampler: TreeSampler
         if refined is None:  # interrupted: what it did until then is in the row
             return _finish(result, rows, sampler, out)
         result["refine"] = {k: refined[k] for k in ("round", "changed", "kept", "skipped")}
-        result["sizes"]["labels_h5_after_refine"] = (workdir / "labels.h5").stat().st_size
+        result["sizes"]["labels_h5_after_refine"] = Workdir(workdir).labels.stat().st_size
         result["sizes"]["release_round1"] = tree_bytes(release.parent / "round-1")
         result["sizes"]["refine_candidates"] = tree_bytes(workdir / "refine")
-        report = step("verify-round-1", lambda: verify_release(release.parent / "round-1", store=workdir / "labels.h5"))
+        report = step("verify-round-1", lambda: verify_release(release.parent / "round-1", store=Workdir(workdir).labels))
         if not report.ok:
             raise SystemExit(f"verify round 1 failed: {report.errors[:5]}")
     return _finish(result, rows, sampler, out)

@@ -52,11 +52,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skelpgt.datasets import LabelStore, pseudo_gt
-from skelpgt.datasets.refine import refine_round
-from skelpgt.datasets.release import finalize_release, staging_dir
+from skelpgt.datasets import LabelStore
 from skelpgt.datasets.release import read_manifest
-from skelpgt.datasets.rounds import dataset_meta, label_error_vs_truth
+from skelpgt.datasets.rounds import dataset_meta
+from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.body import load_body
 from skelpgt.fitting.camera import normalise_keypoints, project
 from skelpgt.fitting.convert import ConvertConfig, Converter
@@ -64,6 +63,8 @@ from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.limits import angle_prior
 from skelpgt.fitting.mirror import mirror_pose
 from skelpgt.fitting.skel import SKEL
+from skelpgt.pipelines import usecases
+from skelpgt.pipelines.usecases.report import label_error_vs_truth
 from skelpgt.fitting.skelify import UNRELIABLE_KEYPOINTS, Skelify
 
 BATCH = 64
@@ -111,31 +112,24 @@ def hsmr_refiner(skel: SKEL, regressor: KeypointRegressor, kp: torch.Tensor, q: 
 
 
 def build_round0(models_dir: str, root: Path, n_people: int, seed: int) -> dict:
-    """Synthetic dataset of ≈ n_people people → converted round-0 labels and release; converter seconds."""
+    """Synthetic dataset of ≈ n_people people → round-0 labels and release (the use case `build_round0`); converter seconds."""
     from skelpgt.datasets.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(root / "source", max(1, math.ceil(n_people / 2.15)), seed=seed, models_dir=models_dir, image_size=128)
-    converter = Converter.from_models_dir(models_dir, ConvertConfig())
     workdir = root / "work"
-    start = time.perf_counter()
-    conversions = [pseudo_gt.convert_source_shard(s, converter, pseudo_gt.conversion_path(workdir, "bench", s)) for s in data.shards]
-    convert_s = time.perf_counter() - start
-    ids = pseudo_gt.record_round0(workdir / "labels.h5", conversions)
-    stage = staging_dir(workdir, "bench", 0)
-    infos = [pseudo_gt.write_release_shard(c, ids, stage, index=i, release="bench") for i, c in enumerate(conversions)]
-    n_in = sum(c.n_in for c in conversions)
-    finalize_release(workdir, "bench", 0, shard_infos=infos, config={"sources": [str(s) for s in data.shards]}, n_in=n_in)
-    return {"workdir": workdir, "truth": data.truth, "people": data.n_persons, "labelled": sum(c.n_labelled for c in conversions), "convert_s": convert_s}
+    built = usecases.build_round0(workdir, usecases.BuildConfig(tuple(map(str, data.shards)), "bench"), usecases.convert_locally(Converter.from_models_dir(models_dir, ConvertConfig())))
+    labelled = built.summary["labelled"]
+    return {"workdir": workdir, "truth": data.truth, "people": data.n_persons, "labelled": labelled, "convert_s": 2 * labelled / built.summary["fits_per_s"]}
 
 
 def fit_inputs(workdir: Path, skelify: Skelify, n: int, noise: float, seed: int) -> dict:
     """Orig sides of the first n labelled people: keypoints, label, a regressor-like start (same for both methods), dataset camera."""
     from skelpgt.datasets.readers import read_source
-    from skelpgt.datasets.refine import crop_camera, intrinsics_px
+    from skelpgt.pipelines.usecases.refine import crop_camera, intrinsics_px
     from skelpgt.datasets.release import read_manifest
 
-    sources = read_manifest(workdir / "releases" / "bench" / "round-0")["config"]["sources"]
-    with LabelStore(workdir / "labels.h5") as store:
+    sources = read_manifest(Workdir(workdir).round("bench", 0))["config"]["sources"]
+    with LabelStore(Workdir(workdir).labels) as store:
         labels = store.skel_labels(0)
     people = [p for p in read_source(sources) if p.key in labels and labels[p.key][0] is not None][:n]
     kp = normalise_keypoints(*(torch.from_numpy(np.stack([getattr(p, f) for p in people])) for f in ("keypoints_2d", "center", "scale")))
@@ -254,10 +248,10 @@ def intrinsics_hidden(sources: list[str]):
 def focal_accuracy(workdir: Path, skelify: Skelify, true_focal: float) -> tuple[float, float, float]:
     """Median and 90th percentile |f / f_true − 1| of fit-focal's per-image focal (intrinsics hidden), and CLIFF's |f / f_true − 1|."""
     from skelpgt.datasets.readers import read_source
-    from skelpgt.datasets.refine import fit_image_focals, intrinsics_px
+    from skelpgt.pipelines.usecases.refine import fit_image_focals, intrinsics_px
 
-    sources = read_manifest(workdir / "releases" / "bench" / "round-0")["config"]["sources"]
-    with LabelStore(workdir / "labels.h5") as store:
+    sources = read_manifest(Workdir(workdir).round("bench", 0))["config"]["sources"]
+    with LabelStore(Workdir(workdir).labels) as store:
         labels = store.skel_labels(0)
     people = {p.key: p for p in read_source(sources) if p.key in labels}
     with intrinsics_hidden(sources):
@@ -281,7 +275,7 @@ def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
         k: {"orig": (q.numpy(), b.numpy()), "flip": (mirror_pose(q).numpy(), b.numpy())}
         for k, q, b in zip(all_inputs["keys"], all_inputs["q"], all_inputs["betas"])
     }
-    sources = read_manifest(workdir / "releases" / "bench" / "round-0")["config"]["sources"]
+    sources = read_manifest(Workdir(workdir).round("bench", 0))["config"]["sources"]
     corrupted = corrupt_labels(workdir, root / "work-corrupted")
     truth_bad = mm(corrupted, 0)
     rounds = []  # (name, report, seconds, (MPJPE, PA-MPJPE) after)
@@ -295,11 +289,11 @@ def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
         shutil.copytree(corrupted if bad else workdir, work)
         with intrinsics_hidden(sources) if hidden else nullcontext():
             start = time.perf_counter()
-            report = refine_round(work, "bench", 0, skelify, predictions=preds, checkpoint_digest="simulated" if preds else "", batch_size=BATCH, camera=camera)
+            report = usecases.refine_round(work, usecases.RefineConfig("bench", 0, batch_size=BATCH, camera=camera), skelify, predictions=preds, checkpoint_digest="simulated" if preds else "")
             rounds.append((f"0→1 {label}", report, time.perf_counter() - start, mm(work, 1)))
             if preds is None and not bad:
                 start = time.perf_counter()
-                report = refine_round(work, "bench", 1, skelify, batch_size=BATCH, camera=camera)
+                report = usecases.refine_round(work, usecases.RefineConfig("bench", 1, batch_size=BATCH, camera=camera), skelify)
                 rounds.append((f"1→2 {label}", report, time.perf_counter() - start, mm(work, 2)))
     print()
     print(f"dataset: {built['people']} people, {built['labelled']} labelled (orig + flip = {2 * built['labelled']} label sides)")
@@ -333,7 +327,7 @@ def round_comparison(skelify: Skelify, built: dict, models_dir, args) -> None:
 def corrupt_labels(workdir: Path, out: Path) -> Path:
     """A copy of the project whose every third round-0 label side is a manual version with N(0, 0.25) rad on q (as tests/test_refine.py)."""
     shutil.copytree(workdir, out)
-    with LabelStore(out / "labels.h5", "a") as store:
+    with LabelStore(Workdir(out).labels, "a") as store:
         current = store.labels_of_round(0)
         bad = np.arange(len(current["label_id"])) % 3 == 0
         noisy = current["poses"][bad] + np.random.default_rng(0).normal(0, 0.25, size=current["poses"][bad].shape).astype(np.float32)

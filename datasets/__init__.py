@@ -8,6 +8,7 @@ from .quarantine import Quarantine, QuarantineEntry, read_quarantine
 from .readers import ReadCounts, read_hmr2_tar, read_npz, read_source
 from .records import PersonRecord, SkelLabel, person_key, split_person_key
 from .release import (
+    RoundFacts,
     finalize_release,
     list_rounds,
     open_release,
@@ -29,6 +30,7 @@ __all__ = [
     "Quarantine",
     "QuarantineEntry",
     "ReadCounts",
+    "RoundFacts",
     "ShardInfo",
     "ShardWriter",
     "SkelLabel",

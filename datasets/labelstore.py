@@ -36,6 +36,7 @@ from .labelstore_reader import StoreReader
 from .labelstore_recover import recover
 from .labelstore_rows import to_columns
 from .labelstore_writer import StoreWriter
+from .workdir import Workdir
 
 __all__ = [
     "ARRAY_COLUMNS", "COLUMNS", "DICT_COLUMNS", "FLOAT_COLUMNS", "FORMAT", "PRODUCERS", "SIDES",
@@ -104,6 +105,4 @@ class LabelStore(StoreReader):
 def open_store(workdir_or_path: str | os.PathLike, mode: str = "r", **kw) -> LabelStore:
     """Workdir (holding labels.h5) or the .h5 path itself -> LabelStore."""
     p = Path(workdir_or_path)
-    if p.is_dir():
-        p = p / "labels.h5"
-    return LabelStore(p, mode, **kw)
+    return LabelStore(Workdir(p).labels if p.is_dir() else p, mode, **kw)

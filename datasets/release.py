@@ -11,25 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import webdataset as wds
 
 from . import hsmr_validity
 from .atomic import atomic_write_bytes, fsync_dir
+from .labelstore_index import key_hash
 from .locks import FileLock
 from .quarantine import Quarantine, QuarantineEntry, read_quarantine
+from .workdir import ROUND_NAME, MANIFEST, Workdir, check_release_name, list_rounds
 from .shards import OutSample, ShardInfo, ShardWriter, person_index_of, sha256_file, shard_label_digest
 
 RELEASE_FORMAT = "skelpgt-release/1"
-MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 PVE_VALID = 0.06  # metres; HSMR trusts a label only below this pve_max
-_ROUND_DIR = re.compile(r"^round-(\d+)$")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -42,38 +43,16 @@ def config_digest(config: Mapping | None) -> str:
     return hashlib.sha256(canonical_json(dict(config or {}))).hexdigest()
 
 
-_RELEASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-
-
-def check_release_name(name: str) -> str:
-    """Release name -> itself, or ValueError: one folder name (letters, digits, '_', '-', '.'), never a path."""
-    if not isinstance(name, str) or not _RELEASE_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"invalid release name {name!r}: use letters, digits, '_', '-' or '.' (no '/', no '..', not starting with '.')")
-    return name
-
-
 def round_dir(workdir: str | os.PathLike, name: str, round: int) -> Path:
     """Workdir, release name, round -> `<workdir>/releases/<name>/round-<k>`."""
-    return Path(workdir) / "releases" / check_release_name(name) / f"round-{int(round)}"
-
-
-def list_rounds(release_dir: str | os.PathLike) -> list[int]:
-    """Release folder -> its complete rounds (those with a manifest), ascending."""
-    p = Path(release_dir)
-    out = []
-    if p.is_dir():
-        for d in p.iterdir():
-            m = _ROUND_DIR.match(d.name)
-            if m and (d / MANIFEST).is_file():
-                out.append(int(m.group(1)))
-    return sorted(out)
+    return Workdir.of(workdir).round(name, round)
 
 
 def resolve_round(path: str | os.PathLike, round: int | None = None) -> Path:
     """Round folder, or release folder + round (default: latest) -> round folder with a manifest."""
     p = Path(path)
     if (p / MANIFEST).is_file():
-        if round is not None and _ROUND_DIR.match(p.name) and int(_ROUND_DIR.match(p.name).group(1)) != int(round):
+        if round is not None and ROUND_NAME.match(p.name) and int(ROUND_NAME.match(p.name).group(1)) != int(round):
             raise ValueError(f"{p} is round {p.name}, not round {round}")
         return p
     rounds = list_rounds(p)
@@ -107,34 +86,37 @@ def shard_info_of(path: str | os.PathLike) -> ShardInfo:
     )  # fmt: skip
 
 
-def build_manifest(
-    *,
-    name: str,
-    round: int,
-    shards: list[ShardInfo],
-    quarantine: list[QuarantineEntry],
-    quarantine_sha256: str,
-    parent_round: int | None,
-    config: Mapping | None,
-    code_version: str,
-    n_in: int | None = None,
-) -> dict:
-    """Release facts -> manifest dict (no timestamps). Raises ValueError when counts do not add up."""
+@dataclass(frozen=True)
+class RoundFacts:
+    """What a round's manifest records besides its shards: which round of which release, its parent, how it
+    was made (`config`, `code_version`), its quarantine, and how many persons came in (`n_in`: checked to add up)."""
+
+    name: str
+    round: int
+    parent_round: int | None = None
+    config: Mapping | None = None
+    code_version: str = ""
+    quarantine: Iterable[QuarantineEntry] = ()
+    n_in: int | None = None
+
+
+def build_manifest(facts: RoundFacts, shards: list[ShardInfo], quarantine: list[QuarantineEntry], quarantine_sha256: str) -> dict:
+    """Round facts + its shards and sorted quarantine -> manifest dict (no timestamps). ValueError when counts do not add up."""
     shards = sorted(shards, key=lambda s: s.name)
     persons = sum(s.persons for s in shards)
     labelled = sum(s.labelled for s in shards)
     n_q = len(quarantine)
-    if n_in is not None and n_in != persons + n_q:
-        raise ValueError(f"counts do not add up: in={n_in} != persons {persons} + quarantined {n_q}")
+    if facts.n_in is not None and facts.n_in != persons + n_q:
+        raise ValueError(f"counts do not add up: in={facts.n_in} != persons {persons} + quarantined {n_q}")
     by_kind: dict[str, int] = {}
     for e in quarantine:
         by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
-    cfg = dict(config or {})
+    cfg = dict(facts.config or {})
     return {
         "format": RELEASE_FORMAT,
-        "release": name,
-        "round": int(round),
-        "parent_round": None if parent_round is None else int(parent_round),
+        "release": facts.name,
+        "round": int(facts.round),
+        "parent_round": None if facts.parent_round is None else int(facts.parent_round),
         "shards": [
             {"name": s.name, "sha256": s.sha256, "bytes": s.bytes, "samples": s.samples, "persons": s.persons, "labelled": s.labelled, "label_digest": s.label_digest}
             for s in shards
@@ -153,14 +135,14 @@ def build_manifest(
         "hsmr_invalid": hsmr_validity.summary(s.hsmr_invalid for s in shards),
         "config": cfg,
         "config_digest": config_digest(cfg),
-        "code_version": str(code_version),
+        "code_version": str(facts.code_version),
     }
 
 
 @contextmanager
 def release_lock(workdir: str | os.PathLike, name: str):
     """Hold `releases/<name>/.lock` (exclusive, waits): one build, refine or reshard writes a release at a time."""
-    folder = Path(workdir) / "releases" / check_release_name(name)
+    folder = Workdir.of(workdir).release(name)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(folder / ".lock", timeout=None, note=f"pid {os.getpid()}"):
         yield
@@ -185,48 +167,32 @@ def check_rebuild(workdir: str | os.PathLike, name: str, round: int, config: Map
 
 def staging_dir(workdir: str | os.PathLike, name: str, round: int) -> Path:
     """Where a round is assembled before it is renamed into place."""
-    final = round_dir(workdir, name, round)
-    return final.with_name(final.name + ".partial")
+    return Workdir.of(workdir).staging(name, round)
 
 
-def finalize_release(
-    workdir: str | os.PathLike,
-    name: str,
-    round: int,
-    *,
-    shard_infos: Iterable[ShardInfo] | None = None,
-    quarantine: Quarantine | Iterable[QuarantineEntry] = (),
-    parent_round: int | None = None,
-    config: Mapping | None = None,
-    code_version: str = "",
-    n_in: int | None = None,
-    overwrite: bool = False,
-) -> dict:
+def clear_staging(workdir: str | os.PathLike, name: str, round: int) -> Path:
+    """Empty staging folder of a round (leftovers of a killed or refused run removed); the caller holds the release lock."""
+    stage = staging_dir(workdir, name, round)
+    shutil.rmtree(stage, ignore_errors=True)
+    return stage
+
+
+def finalize_release(workdir: str | os.PathLike, facts: RoundFacts, *, shard_infos: Iterable[ShardInfo] | None = None, overwrite: bool = False) -> dict:
     """Shards already in the staging folder -> quarantine.jsonl + manifest.json, then rename to round-<k>/.
 
     `shard_infos` (from ShardWriter.close) saves re-reading the shards; any shard without one is
     re-read. Re-finalizing an identical round is a no-op; a different one needs `overwrite`.
     """
-    stage = staging_dir(workdir, name, round)
-    final = round_dir(workdir, name, round)
+    stage = staging_dir(workdir, facts.name, facts.round)
+    final = round_dir(workdir, facts.name, facts.round)
     stage.mkdir(parents=True, exist_ok=True)
     for stale in stage.glob("*.tmp"):
         stale.unlink()
     known = {i.name: i for i in (shard_infos or ())}
     infos = [known.get(p.name) or shard_info_of(p) for p in sorted(stage.glob("*.tar"))]
-    q = Quarantine(quarantine)
+    q = Quarantine(facts.quarantine)
     q.write_jsonl(stage / QUARANTINE)
-    manifest = build_manifest(
-        name=name,
-        round=round,
-        shards=infos,
-        quarantine=q.sorted(),
-        quarantine_sha256=sha256_file(stage / QUARANTINE),
-        parent_round=parent_round,
-        config=config,
-        code_version=code_version,
-        n_in=n_in,
-    )
+    manifest = build_manifest(facts, infos, q.sorted(), sha256_file(stage / QUARANTINE))
     atomic_write_bytes(stage / MANIFEST, canonical_json(manifest))
     if final.exists():
         same = (final / MANIFEST).is_file() and (final / MANIFEST).read_bytes() == (stage / MANIFEST).read_bytes()
@@ -248,34 +214,18 @@ def finalize_release(
 
 
 def write_release(
-    workdir: str | os.PathLike,
-    name: str,
-    round: int,
-    samples: Iterable[OutSample],
-    *,
-    quarantine: Quarantine | Iterable[QuarantineEntry] = (),
-    parent_round: int | None = None,
-    config: Mapping | None = None,
-    code_version: str = "",
-    samples_per_shard: int = 1000,
-    prefix: str | None = None,
-    n_in: int | None = None,
-    overwrite: bool = False,
-    fsync: bool = True,
-) -> dict:
+    workdir: str | os.PathLike, facts: RoundFacts, samples: Iterable[OutSample], *,
+    samples_per_shard: int = 1000, prefix: str | None = None, overwrite: bool = False, fsync: bool = True,
+) -> dict:  # fmt: skip
     """OutSamples (in order) -> complete release round folder; returns its manifest dict."""
-    with release_lock(workdir, name):
-        stage = staging_dir(workdir, name, round)
+    with release_lock(workdir, facts.name):
+        stage = staging_dir(workdir, facts.name, facts.round)
         if stage.exists():
             shutil.rmtree(stage)  # leftovers of an interrupted run are rewritten from scratch
-        with ShardWriter(stage, prefix=prefix or name, samples_per_shard=samples_per_shard, fsync=fsync) as w:
+        with ShardWriter(stage, prefix=prefix or facts.name, samples_per_shard=samples_per_shard, fsync=fsync) as w:
             for s in samples:
                 w.write(s)
-        return finalize_release(
-            workdir, name, round,
-            shard_infos=w.infos, quarantine=quarantine, parent_round=parent_round,
-            config=config, code_version=code_version, n_in=n_in, overwrite=overwrite,
-        )  # fmt: skip
+        return finalize_release(workdir, facts, shard_infos=w.infos, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------- consumer API
@@ -314,8 +264,6 @@ def _split_persons(src):
 
 def in_split(image_key: str, split: str, val_fraction: float) -> bool:
     """Image key -> whether it belongs to `split` ('train'|'val'); stable hash, so all persons of an image stay together."""
-    from .labelstore import key_hash
-
     if split not in ("train", "val"):
         raise ValueError("split must be 'train' or 'val'")
     is_val = int(key_hash([image_key])[0] % np.uint64(1_000_000)) < round(val_fraction * 1_000_000)
@@ -353,8 +301,6 @@ def open_shards(
     `val_fraction` of images (by image key) for 'val' and the rest for 'train'. Extra keyword
     arguments go to `webdataset.WebDataset`.
     """
-    import webdataset as wds
-
     ds = wds.WebDataset(urls, shardshuffle=shardshuffle, **wds_kwargs)
     if split is not None:
         in_split("", split, val_fraction)  # validate arguments now, not lazily in a worker

@@ -6,8 +6,8 @@ translation, `kp2d` (N,44,2) projected keypoints in normalised crop units; no au
 as in training (center/scale of the release).
 
 A refinement round's predictions are made per release shard (`predict_shard`, one task each in the
-`refine-labels` flow, so they spread over workers like the fits) and joined in shard order into
-`<workdir>/predictions/<release>/round-<k>-<checkpoint sha256[:16]>.npz` (`join_predictions`).
+`refine-labels` flow, so they spread over workers like the fits) and joined in shard order
+(`join_predictions`; where: `Workdir.predictions`, by `pipelines.usecases.predict.predict_round`).
 Every file is written under a temporary name and renamed: an interrupted prediction is never reused.
 """
 
@@ -18,17 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skelpgt.datasets.refine import Predictions, load_predictions
-from skelpgt.datasets.release import read_manifest, round_dir
-from skelpgt.datasets.shards import sha256_file
 from skelpgt.fitting.camera import FOCAL_NORMALISED
 from skelpgt.fitting.device import resolve_device
+from skelpgt.fitting.mirror import mirror_pose
 from skelpgt.fitting.models import ensure_models_dir
 
 from .data import DataConfig, eval_batches
 from .evaluate import load_model
 from .losses import BodyModel, projected_keypoints
 from .network import cam_translation, pelvis_frame
+
+# {person key: {'orig' | 'flip': (q (46,) rad, β (10,))}}: a regressor's starting points for a refinement round.
+Predictions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
 @torch.no_grad()
@@ -64,16 +65,6 @@ def _joined(parts: list[np.ndarray], width: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, *width), np.float32)
 
 
-def round_predictions(checkpoint, workdir, release: str, round: int) -> tuple[Path, str, list[tuple[str, Path]]]:
-    """Where round `round`'s predictions go → (joined .npz, checkpoint sha256, [(release shard, its part .npz)])."""
-    digest = sha256_file(checkpoint)
-    out = Path(workdir) / "predictions" / release / f"round-{int(round)}-{digest[:16]}.npz"
-    folder = round_dir(workdir, release, round)
-    parts_dir = out.with_name(out.name[: -len(".npz")] + ".parts")
-    shards = [s["name"] for s in read_manifest(folder)["shards"]]
-    return out, digest, [(str(folder / name), parts_dir / (name + ".npz")) for name in shards]
-
-
 def predict_shard(checkpoint, shard, out, *, models_dir=None, device="cpu", batch_size=16) -> Path:
     """Predictions of one release shard into `out` (.npz, atomic; an existing `out` is kept) → `out`."""
     out = Path(out)
@@ -98,11 +89,9 @@ def join_predictions(parts: list[str | os.PathLike], out: str | os.PathLike) -> 
     return out
 
 
-def predict_round(checkpoint, workdir, release: str, round: int, models_dir=None, device="cpu") -> tuple[Predictions, str]:
-    """Regressor predictions for every person of release round `round`, shard by shard, in this process → (Predictions, checkpoint sha256)."""
-    out, digest, parts = round_predictions(checkpoint, workdir, release, round)
-    if not out.is_file():
-        for shard, part in parts:
-            predict_shard(checkpoint, shard, part, models_dir=models_dir, device=device)
-        join_predictions([part for _, part in parts], out)
-    return load_predictions(out), digest
+def load_predictions(path: str | os.PathLike) -> Predictions:
+    """Predictions .npz (key, poses (N,46) rad, betas (N,10)) → Predictions; flip = mirror_pose of orig."""
+    with np.load(path, allow_pickle=False) as data:
+        keys, poses, betas = data["key"], data["poses"].astype(np.float32), data["betas"].astype(np.float32)
+    flipped = mirror_pose(torch.from_numpy(poses)).numpy()
+    return {str(k): {"orig": (poses[i], betas[i]), "flip": (flipped[i], betas[i])} for i, k in enumerate(keys.tolist())}

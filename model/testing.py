@@ -9,18 +9,30 @@ the keypoints (so a network can learn from them); PNG, so decoding is exact.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
+from skelpgt.datasets import OutSample, make_person, write_release
+from skelpgt.datasets.release import RoundFacts
+from skelpgt.datasets.records import PersonRecord, SkelLabel
+from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.body import load_body
 from skelpgt.fitting.camera import FOCAL_NORMALISED
+from skelpgt.fitting.mirror import mirror_pose, mirror_translation
+from skelpgt.fitting.smpl import load_smpl, smpl_forward
+
+from .eval_files import eval_box
+from .network import decode_pose, encode_pose, mean_pelvis_rotation
 
 
 def _disc_image(rng, h, w, kp_px):
-    from PIL import Image, ImageDraw
-
     img = Image.fromarray(rng.integers(0, 60, (h, w, 3), dtype=np.uint8))
     draw = ImageDraw.Draw(img)
     for k, (x, y) in enumerate(kp_px[:, :2]):
@@ -33,8 +45,6 @@ def _disc_image(rng, h, w, kp_px):
 
 def random_skel_people(models_dir, rng: np.random.Generator, n: int, pose_std: float = 0.25):
     """n random upright SKEL bodies facing the camera → q (n,46), betas (n,10), 44 keypoints (n,44,3) m, translation 0."""
-    from .network import decode_pose, encode_pose, mean_pelvis_rotation
-
     body = load_body(models_dir)
     skel, reg = body.skel, body.keypoints
     mean_raw = encode_pose(torch.zeros(1, 46))
@@ -73,10 +83,6 @@ def make_skel_release(
     samples_per_shard: int = 4,
 ) -> Path:
     """Write release `<workdir>/releases/<name>/round-0` of `n_images` one-person images; returns the release dir."""
-    from skelpgt.datasets import OutSample, make_person, write_release
-    from skelpgt.datasets.records import PersonRecord, SkelLabel
-    from skelpgt.fitting.mirror import mirror_pose, mirror_translation
-
     rng = np.random.default_rng(seed)
     h, w = image_hw
     q, betas, kp3 = random_skel_people(models_dir, rng, n_images, pose_std)
@@ -97,14 +103,12 @@ def make_skel_release(
         flip = SkelLabel(2 * i + 1, fq.astype(np.float32), betas[i].astype(np.float32), ft.numpy().astype(np.float32), 0.01, pve, 0.0)
         person = make_person(rec, orig, flip, round=0, release=name)
         samples.append(OutSample(key, _disc_image(rng, h, w, kp2), "png", [person]))
-    write_release(workdir, name, 0, samples, samples_per_shard=samples_per_shard, fsync=False)
-    return Path(workdir) / "releases" / name
+    write_release(workdir, RoundFacts(name, 0), samples, samples_per_shard=samples_per_shard, fsync=False)
+    return Workdir.of(workdir).release(name)
 
 
 def _smpl_people(models_dir, rng: np.random.Generator, n: int):
     """n random upright SMPL neutral bodies facing the camera → (global_orient (n,3), body_pose (n,69), betas (n,10), verts (n,6890,3))."""
-    from skelpgt.fitting.smpl import load_smpl, smpl_forward
-
     go = np.tile([np.pi, 0.0, 0.0], (n, 1)) + rng.normal(0, 0.1, (n, 3))  # Rx(π): SMPL y-up → camera y-down
     body = rng.normal(0, 0.2, (n, 69))
     betas = rng.normal(0, 0.7, (n, 10))
@@ -122,8 +126,6 @@ def make_eval_files(out: str | Path, models_dir: str | Path, n: int = 6, seed: i
     (same persons, 2D only, scale (N,2) = box (w, h) px); `moyo_v2.npz` (HSMR layout: SMPL neutral
     ground truth); `truth_3dpw.npz` (q, betas, cam (s, tx, ty) that reproduce the 3DPW/COCO persons
     exactly in the evaluation crop). Returns the paths."""
-    from .eval_files import eval_box
-
     out = Path(out)
     rng = np.random.default_rng(seed)
     h, w = image_hw
@@ -175,12 +177,7 @@ def make_hsmr_tars(out: str | Path, models_dir: str | Path, persons_per_image: l
     extra_info (fitting_loss as a 0-d object array), orig_/flip_ poses (46,) float32, betas, trans,
     pve_max, pve_mean); keys `aic-train/<sha1>`. Person n (counted over the whole set) is a random SKEL
     body seen exactly by its crop camera, its `personid` is n, and `overrides[n]` (a dict) replaces fields."""
-    import hashlib
-    import pickle
-    import tarfile
 
-    from PIL import Image
-    from skelpgt.fitting.mirror import mirror_pose, mirror_translation
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

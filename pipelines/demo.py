@@ -19,6 +19,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
+from skelpgt.datasets import iter_shard, read_manifest, resolve_round, verify_release
+from skelpgt.datasets.workdir import Workdir
+
 PROJECT = Path(__file__).resolve().parents[1]
 POOL = "skelpgt"
 
@@ -111,7 +116,7 @@ def main() -> int:
         if run.returncode != 0:
             print(f"the flow run failed; worker log: {logs / 'worker.log'}", file=sys.stderr)
             return run.returncode
-        return report((PROJECT / args.workdir) / "releases" / "synthetic")
+        return report(Workdir(PROJECT / args.workdir).release("synthetic"))
     finally:
         if not args.keep_server:
             stop(worker, "worker")
@@ -122,25 +127,19 @@ def main() -> int:
 
 def report(release: Path) -> int:
     """Print the release, its counts and fit quality, and verify it."""
-    from skelpgt.datasets import read_manifest, resolve_round, verify_release
-
     folder = resolve_round(release)
     manifest = read_manifest(folder)
     counts = manifest["counts"]
     print(f"\nrelease: {folder}")
     print("counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(quality_table(folder))
-    verdict = verify_release(folder, store=release.parents[1] / "labels.h5")
+    verdict = verify_release(folder, store=Workdir(release.parents[1]).labels)
     print(f"skelpgt verify: {'OK' if verdict.ok else 'FAILED'} {'; '.join(verdict.errors)}")
     return 0 if verdict.ok else 1
 
 
 def quality_table(folder: Path) -> str:
     """Fit-quality percentiles (mm) of a release round, both sides."""
-    import numpy as np
-
-    from skelpgt.datasets import iter_shard
-
     values: dict[str, list[float]] = {f"{s}_{m}": [] for s in ("orig", "flip") for m in ("pve_mean", "pve_max")}
     for shard in sorted(folder.glob("*.tar")):
         for sample in iter_shard(shard):

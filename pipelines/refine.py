@@ -1,11 +1,11 @@
 """`refine-labels`: one SKELify refinement round of a release (round N → N+1), scheduled in prefect.yaml.
 
-The steps of `skelpgt.datasets.refine.refine_round`, as tasks: `predict-shard` per release shard
-(with a checkpoint), `skelify-chunk` per chunk of persons (each leaves its candidates in the work
-folder, so a rerun or a retried task on another worker reuses them), `record-round` (the only label
-store writer, in the flow process), `write-round-shard` per release shard, then the manifest.
-Chunks and shards are fixed by the round's inputs, never by the workers: the same labels and
-manifest bytes on one process or any number of Dask workers (`dask_address`).
+Runs the use case `skelpgt.pipelines.usecases.refine_round` with its parallel steps as tasks:
+`predict-shard` per release shard (with a checkpoint), `skelify-chunk` per chunk of persons (each
+leaves its candidates in the work folder, so a rerun or a retried task on another worker reuses
+them), `record-round` (the only label store writer, in the flow process), `write-round-shard` per
+release shard. Chunks and shards are fixed by the round's inputs, never by the workers: the same
+labels and manifest bytes on one process or any number of Dask workers (`dask_address`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from skelpgt.datasets import refine
-from skelpgt.datasets.pseudo_gt import clear_staging
-from skelpgt.datasets.release import list_rounds, read_manifest, release_lock, round_dir
-from skelpgt.datasets.rounds import find_truth, label_error_vs_truth
+from skelpgt.datasets.release import read_manifest
+from skelpgt.datasets.rounds import find_truth
 from skelpgt.datasets.shards import ShardInfo
+from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.models import ensure_models_dir
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
 from skelpgt.model import predict as regressor
 from skelpgt.pipelines.runners import results_with_progress, task_runner
-from skelpgt.pipelines.train import checkpoint_dir
+from skelpgt.pipelines.usecases import refine
+from skelpgt.pipelines.usecases.report import errors_vs_truth
 
 
 @functools.lru_cache(maxsize=2)
@@ -67,34 +67,32 @@ def write_round_shard(part: list, labels: dict, skips: dict, stage: str, index: 
     return info
 
 
+def task_steps(models: str, config: SkelifyConfig, device: str, torch_threads: int) -> refine.RoundSteps:
+    """The round's parallel steps as this module's tasks, on the calling flow's task runner."""
+
+    def predict(checkpoint: str, parts: list, models_dir: str, device: str) -> list:
+        shards, files = ([str(p) for p in col] for col in zip(*parts))
+        futures = predict_shard.map(unmapped(checkpoint), shards, files, unmapped(models_dir), unmapped(device), unmapped(torch_threads))
+        return results_with_progress(futures, "refine-labels-predictions", "release shards predicted")
+
+    def fit(jobs: list, folder: Path) -> list:
+        futures = skelify_chunk.map(jobs, unmapped(str(folder)), unmapped(models), unmapped(config), unmapped(device), unmapped(torch_threads))
+        return results_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
+
+    def write_shards(shards: list, stage: Path, release: str, round: int) -> list[ShardInfo]:
+        futures = [write_round_shard.submit(part, labels, skips, str(stage), i, release, round) for i, (part, labels, skips) in enumerate(shards)]
+        return [f.result() for f in futures]
+
+    record = lambda plan, files: record_round(quote(plan), files)  # noqa: E731  (quoted: Prefect would scan every label of the plan)
+    return refine.RoundSteps(fit, record, write_shards, predict)
+
+
 @flow(name="refine-round")
-def refine_round_tasks(
-    workdir: Path, release: str, start: int, checkpoint: str | None, models: str, config: SkelifyConfig,
-    batch_size: int, camera: str, device: str, torch_threads: int,
-) -> tuple[refine.RoundReport, str]:  # fmt: skip
-    """Round `start` → `start + 1` on this flow's task runner → (report, checkpoint sha256 or '')."""
-    predictions, digest = None, ""
-    if checkpoint:
-        out, digest, parts = regressor.round_predictions(checkpoint, workdir, release, start)
-        if not out.is_file():
-            shards, files = ([str(p) for p in col] for col in zip(*parts))
-            futures = predict_shard.map(unmapped(checkpoint), shards, files, unmapped(models), unmapped(device), unmapped(torch_threads))
-            regressor.join_predictions(results_with_progress(futures, "refine-labels-predictions", "release shards predicted"), out)
-        predictions = refine.load_predictions(out)
+def refine_round_on_runner(workdir: Workdir, config: refine.RefineConfig, skelify: SkelifyConfig, torch_threads: int) -> refine.RoundReport:
+    """`refine_round` with its steps as tasks on this flow's task runner (the caller sets it) → the round's report."""
     torch.set_num_threads(torch_threads)
-    plan = refine.plan_round(workdir, release, start, _skelify(models, config, "cpu"), predictions, digest, batch_size, camera)
-    futures = skelify_chunk.map(plan.jobs, unmapped(str(plan.candidates_dir)), unmapped(models), unmapped(config), unmapped(device), unmapped(torch_threads))
-    files = results_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
-    new_labels, totals = record_round(quote(plan), files)  # quoted: Prefect would scan every label of the plan
-    with release_lock(workdir, release):
-        stage = str(clear_staging(workdir, release, plan.to_round))
-        parts = refine.release_parts(plan)
-        inputs = [refine.part_inputs(plan, part, new_labels) for part in parts]
-        futures = [
-            write_round_shard.submit(part, labels, skips, stage, index, release, plan.to_round)
-            for index, (part, (labels, skips)) in enumerate(zip(parts, inputs))
-        ]
-        return refine.finish_round(plan, [f.result() for f in futures], totals), digest
+    planner = _skelify(config.models_dir, skelify, "cpu")  # plans in the flow process; fits run in the tasks
+    return refine.refine_round(workdir, config, planner, task_steps(config.models_dir, skelify, config.device, torch_threads))
 
 
 @flow(name="refine-labels")
@@ -121,25 +119,15 @@ def refine_labels(
     `device` ('cpu', 'cuda', 'cuda:N') is where fits and predictions run (each Dask worker resolves
     'cuda' to its own GPU); `torch_threads` per task."""
     device = check_flow_device(device, dask_address)  # an unknown device or a missing GPU: one line, before any work
-    workdir_path = Path(workdir).resolve()
-    rounds = list_rounds(workdir_path / "releases" / release)
-    if not rounds:
-        raise FileNotFoundError(f"no release rounds under {workdir_path / 'releases' / release}; run build-pseudo-gt first")
-    start = rounds[-1] if from_round is None else from_round
-    if checkpoint == "latest":
-        found = checkpoint_dir(workdir_path, release, start) / "last.pt"
-        checkpoint = str(found) if found.exists() else None
-    models = str(ensure_models_dir(models_dir))
-    report, digest = refine_round_tasks.with_options(task_runner=task_runner(dask_address))(
-        workdir_path, release, start, checkpoint, models, SkelifyConfig(iterations=iterations), batch_size, camera, device, torch_threads
-    )
-    truth = find_truth(read_manifest(round_dir(workdir_path, release, start))["config"].get("sources", []))
+    workdir_path = Workdir(Path(workdir).resolve())
+    config = refine.RefineConfig(release, from_round, checkpoint, batch_size, camera, str(ensure_models_dir(models_dir)), device)
+    run = refine_round_on_runner.with_options(task_runner=task_runner(dask_address))
+    report = run(workdir_path, config, SkelifyConfig(iterations=iterations), torch_threads)
+    truth = find_truth(read_manifest(workdir_path.round(release, report.from_round))["config"].get("sources", []))
     # Where the truth is known (synthetic sources): camera-frame and Procrustes-aligned MPJPE, mm.
-    mpjpe, pa = (
-        [label_error_vs_truth(workdir_path, r, truth, models, aligned=a) * 1000 if truth else float("nan") for r in (start, report.round)]
-        for a in (False, True)
-    )
-    create_markdown_artifact(key="refine-labels-round", markdown=_round_markdown(release, start, report, checkpoint, digest, mpjpe, pa))
+    mpjpe, pa = zip(*(errors_vs_truth(workdir_path, r, truth, config.models_dir) for r in (report.from_round, report.round)))  # (before, after) each
+    digest = report.manifest["config"]["refine"]["checkpoint_digest"]
+    create_markdown_artifact(key="refine-labels-round", markdown=_round_markdown(release, report, digest, mpjpe, pa))
     get_run_logger().info("round %d: %d changed, %d kept", report.round, report.changed, report.kept)
     finite = lambda values: {k: (None if math.isnan(v) else v) for k, v in zip(("before", "after"), values)}  # noqa: E731
     return {
@@ -148,14 +136,14 @@ def refine_labels(
     }  # fmt: skip
 
 
-def _round_markdown(release: str, start: int, report: refine.RoundReport, checkpoint: str | None, digest: str, mpjpe: list, pa: list) -> str:
+def _round_markdown(release: str, report: refine.RoundReport, digest: str, mpjpe: tuple, pa: tuple) -> str:
     """The round's artifact: decisions, fit quality and (where the truth is known) label error before/after."""
     mm = lambda v: "–" if math.isnan(v) else f"{v:.1f}"  # noqa: E731  (NaN: truth unknown)
     return "\n".join(
         [
-            f"# refine-labels: {release} round {start} → {report.round}",
+            f"# refine-labels: {release} round {report.from_round} → {report.round}",
             "",
-            f"checkpoint: `{checkpoint or '–'}` sha256 `{digest[:16] or '–'}`",
+            f"checkpoint: `{report.checkpoint or '–'}` sha256 `{digest[:16] or '–'}`",
             "",
             "| changed | kept | skipped | kp2d_err before | after | limit violation ° before | after | MPJPE vs truth (mm) before | after | PA-MPJPE (mm) before | after |",
             "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -1,9 +1,10 @@
 """CPU demo: synthetic release → train a small ViT from scratch → evaluate on held-out images against the mean pose.
 
-    python -m skelpgt.model.demo WORKDIR [--images 600] [--steps 600] [--arch vit-tiny-conv] [--release DIR | --toy]
+    python -m skelpgt.pipelines.regressor_demo WORKDIR [--images 600] [--steps 600] [--arch vit-tiny-conv] [--release DIR | --toy]
 
 By default renders the synthetic dataset (`skelpgt data make-synthetic`) and converts it to a
-round-0 release exactly as `build-pseudo-gt` does (in one process, no Prefect), then trains with
+round-0 release with the use case `build-pseudo-gt` runs (`usecases.build_round0`, in one process, no
+Prefect), then trains with
 the `from-scratch` recipe. `--release DIR` uses an existing release instead; `--toy` a release of
 disc images (`model.testing.make_skel_release`). Writes WORKDIR/run (checkpoints) and WORKDIR/eval
 (eval.md, eval.json, predictions.png) and prints the table.
@@ -15,34 +16,30 @@ import argparse
 import logging
 from pathlib import Path
 
-from .data import DataConfig
-from .evaluate import evaluate
-from .train import TrainConfig, recipe, train
+from skelpgt.datasets.workdir import Workdir
+from skelpgt.fitting.convert import Converter
+from skelpgt.fitting.models import ensure_models_dir
+from skelpgt.model.data import DataConfig
+from skelpgt.model.evaluate import evaluate
+from skelpgt.model.testing import make_skel_release
+from skelpgt.model.train import TrainConfig, recipe, train
+from skelpgt.pipelines.usecases.build import BuildConfig, build_round0, convert_locally
 
 
 def synthetic_release(workdir: str | Path, models_dir: str | Path, images: int, seed: int = 0) -> Path:
     """Render `images` synthetic images and build their round-0 release `<workdir>/releases/synthetic/round-0` (reused if present)."""
-    from skelpgt.datasets.pseudo_gt import build_round0
-    from skelpgt.datasets.synthetic import make_synthetic_dataset
-    from skelpgt.fitting.convert import Converter
-
-    wd = Path(workdir)
-    out = wd / "releases" / "synthetic" / "round-0"
-    if not (out / "manifest.json").exists():
-        data = make_synthetic_dataset(wd / "source", images, seed=seed, models_dir=models_dir)
-        build_round0(data.shards, wd, "synthetic", Converter.from_models_dir(models_dir))
-    return out
+    wd = Workdir.of(workdir)
+    if wd.rounds("synthetic")[:1] == [0]:
+        return wd.round("synthetic", 0)
+    config = BuildConfig(release="synthetic", synthetic_images=images, synthetic_seed=seed)
+    return build_round0(wd, config, convert_locally(Converter.from_models_dir(models_dir))).folder
 
 
 def run_demo(workdir, *, release=None, toy=False, models_dir=None, images=600, steps=600, arch="vit-tiny-conv",
              batch_size=16, recipe_name="from-scratch", val_fraction=0.1, workers=1, seed=0) -> dict:  # fmt: skip
-    from skelpgt.fitting.models import ensure_models_dir
-
     wd = Path(workdir)
     mdir = ensure_models_dir(models_dir)
     if release is None and toy:
-        from .testing import make_skel_release
-
         release = make_skel_release(wd, mdir, n_images=images, seed=seed, samples_per_shard=100)
     elif release is None:
         release = synthetic_release(wd, mdir, images, seed)

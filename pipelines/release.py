@@ -1,4 +1,4 @@
-"""`release-shards`: re-shard the current labels of a release round into a new release."""
+"""`release-shards`: re-shard the current labels of a release round into a new release (use case `reshard`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from skelpgt.datasets.pseudo_gt import reshard_round
+from skelpgt.datasets.workdir import Workdir
+from skelpgt.pipelines.usecases.reshard import ReshardConfig, reshard
 
 
 @flow(name="release-shards")
 def release_shards(workdir: str = "work/demo", release: str = "synthetic", round: int = 0, samples_per_shard: int = 1000, name: str | None = None) -> dict:
     """Write round `round` of `release` (its current labels in the store) with a new shard size."""
-    manifest = reshard_round(Path(workdir).resolve(), release, round, samples_per_shard=samples_per_shard, name=name)
+    manifest = reshard(Workdir(Path(workdir).resolve()), ReshardConfig(release, round, samples_per_shard, name)).manifest
     get_run_logger().info("release %s round %d: %d shards, counts %s", manifest["release"], round, len(manifest["shards"]), manifest["counts"])
     return manifest

@@ -11,6 +11,7 @@ from skelpgt.datasets import (
     OutSample,
     Quarantine,
     ReadCounts,
+    RoundFacts,
     inspect_path,
     list_rounds,
     make_person,
@@ -59,8 +60,8 @@ def _build(workdir, rng, *, name="demo", round=0, parent=None, samples_per_shard
         OutSample(k, rs[0].image, rs[0].image_ext, [make_person(r, *labels.get(r.key, (None, None)), round=round, release=name) for r in rs])
         for k, rs in by_img.items()
     ]
-    m = write_release(workdir, name, round, samples, quarantine=q, parent_round=parent, config={"method": "fast", "round": round},
-                      code_version="0.1.0", samples_per_shard=samples_per_shard, n_in=counts.n_in)  # fmt: skip
+    facts = RoundFacts(name, round, parent, {"method": "fast", "round": round}, "0.1.0", q, counts.n_in)
+    m = write_release(workdir, facts, samples, samples_per_shard=samples_per_shard)
     return m, store, recs
 
 

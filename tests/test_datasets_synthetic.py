@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from skelpgt.datasets import LabelStore, OutSample, Quarantine, ReadCounts, make_person, read_hmr2_tar, read_source, write_release
+from skelpgt.datasets import LabelStore, OutSample, Quarantine, ReadCounts, RoundFacts, make_person, read_hmr2_tar, read_source, write_release
 from skelpgt.datasets.synthetic import iter_synthetic_images, make_synthetic_dataset
 from skelpgt.pipelines.cli import app
 
@@ -180,7 +180,7 @@ def release(synth, records, tmp_path_factory):
         OutSample(k, rs[0].image, rs[0].image_ext, [make_person(r, *labels.get(r.key, (None, None)), round=0, release="syn") for r in rs])
         for k, rs in by_img.items()
     ]
-    write_release(wd, "syn", 0, samples, samples_per_shard=4, n_in=len(records), fsync=False)
+    write_release(wd, RoundFacts("syn", 0, n_in=len(records)), samples, samples_per_shard=4, fsync=False)
     return wd, wd / "releases" / "syn"
 
 

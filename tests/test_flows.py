@@ -15,6 +15,9 @@ import pytest
 
 from skelpgt.datasets import LabelStore, read_manifest, verify_release
 from skelpgt.datasets.testing import make_hmr2_tar
+from skelpgt.datasets.workdir import Workdir
+from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.pipelines.usecases import BuildConfig, build_round0, convert_locally
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
@@ -33,13 +36,11 @@ def _build(workdir, inputs, **kw):
 
 
 def test_the_flow_and_the_direct_call_write_the_same_manifest(prefect_api, sources, tmp_path, models_dir):
-    """build-pseudo-gt and pseudo_gt.build_round0 (tests, benchmarks, demos) are one path: same manifest bytes."""
-    from skelpgt.datasets import pseudo_gt
-    from skelpgt.datasets.readers import source_files
-    from skelpgt.fitting.convert import ConvertConfig, Converter
+    """build-pseudo-gt and usecases.build_round0 (tests, benchmarks, demos) are one path: same manifest bytes."""
 
     flow = _build(tmp_path / "flow", [sources])
-    direct = pseudo_gt.build_round0(source_files(sources), tmp_path / "direct", "synthetic", Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=8)))
+    converter = Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=8))
+    direct = build_round0(tmp_path / "direct", BuildConfig((str(sources),), "synthetic"), convert_locally(converter)).manifest
     assert direct["config"]["models_dir"] == flow["manifest"]["config"]["models_dir"] != ""
     assert (Path(flow["release"]) / "manifest.json").read_bytes() == (tmp_path / "direct" / "releases" / "synthetic" / "round-0" / "manifest.json").read_bytes()
 
@@ -79,9 +80,7 @@ def test_killed_run_resumes_to_the_same_release(prefect_api, sources, tmp_path):
     script = f"from skelpgt.pipelines.build import build_pseudo_gt; build_pseudo_gt(inputs=[{str(sources)!r}], workdir={str(workdir)!r}, batch_size=8)"
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
-    from skelpgt.datasets.pseudo_gt import conversion_path
-
-    first = conversion_path(workdir, "synthetic", sources / "a.tar")
+    first = Workdir(workdir).conversion("synthetic", sources / "a.tar")
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)

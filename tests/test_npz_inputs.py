@@ -13,7 +13,6 @@ import torch
 from typer.testing import CliRunner
 
 from skelpgt.datasets import hsmr_validity
-from skelpgt.datasets.pseudo_gt import build_round0, convert_source_shard
 from skelpgt.datasets.quarantine import Quarantine
 from skelpgt.datasets.readers import ReadCounts, read_npz
 from skelpgt.datasets.smplparams import canonical_axis_angle, read_smpl_params
@@ -21,6 +20,8 @@ from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.motion import synthetic_motion
 from skelpgt.fitting.sequence import SequenceConfig, sequence_digest
 from skelpgt.pipelines.cli import app
+from skelpgt.pipelines.usecases import BuildConfig, build_round0, convert_locally
+from skelpgt.pipelines.usecases.build import convert_source_shard
 
 N = 4
 GENDER = "female"
@@ -155,7 +156,7 @@ def test_round0_release_counts_labels_hsmr_would_drop(tmp_path, models_dir):
     records = list(read_npz(tmp_path / "amass.npz", q, counts))
     assert len(records) == N and not len(q) and records[0].betas[0] == 10.0
     converter = Converter.from_models_dir(models_dir, ConvertConfig())
-    manifest = build_round0([tmp_path / "amass.npz"], tmp_path / "work", "amass", converter)
+    manifest = build_round0(tmp_path / "work", BuildConfig((str(tmp_path / "amass.npz"),), "amass"), convert_locally(converter)).manifest
     entry = manifest["hsmr_invalid"]
     labelled = manifest["counts"]["labelled"]
     assert entry["labels"] == 2 * labelled and entry["invalid"] == sum(entry["by_reason"].values())

@@ -24,13 +24,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from skelpgt.datasets import LabelStore, open_release, pseudo_gt, read_manifest, verify_release
+from skelpgt.datasets import LabelStore, open_release, read_manifest, verify_release
 from skelpgt.datasets.labelstore import open_store
 from skelpgt.datasets.records import N_KEYPOINTS
 from skelpgt.datasets.testing import hmr2_members, hmr2_person, make_hmr2_tar, tiny_jpeg, write_tar
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.pipelines.cli import app
 from skelpgt.pipelines.errors import describe_error
+from skelpgt.pipelines.usecases import BuildConfig, ReshardConfig, build_round0, convert_locally, reshard
 
 CONFIG = dict(chunk_size=8, pad_multiple=8, lm_iterations=2)  # cheap fits: these tests check bookkeeping
 RUNNER = CliRunner()
@@ -73,8 +74,10 @@ def cli(*args: str):
     return res.exit_code, text.splitlines()[0] if text else "", res
 
 
-def build(converter, sources, workdir, release="r", **kw):
-    return run(pseudo_gt.build_round0, [str(s) for s in sources], workdir, release, converter, **kw)
+def build(converter, sources, workdir, release="r", overwrite=False):
+    """build_round0 as the CLI would call it → (exit code, first message line, manifest or None)."""
+    code, msg, built = run(build_round0, workdir, BuildConfig(tuple(str(s) for s in sources), release, overwrite), convert_locally(converter))
+    return code, msg, built and built.manifest
 
 
 def sample(key, persons, rng, image=None):
@@ -232,7 +235,7 @@ def test_the_same_image_key_in_two_shards_is_quarantined_once(converter, tmp_pat
     code, msg, manifest = build(converter, [tmp_path / "a.tar", tmp_path / "b.tar"], tmp_path / "w")
     ok, why = nothing_lost(tmp_path / "w", n_in=4)
     good = manifest["counts"]["persons"] == 3 and manifest["quarantine"]["by_kind"] == {"duplicate": 1}
-    resharded = pseudo_gt.reshard_round(tmp_path / "w", "r", 0, samples_per_shard=1, name="r1")  # keeps the first copy too
+    resharded = reshard(tmp_path / "w", ReshardConfig("r", 0, samples_per_shard=1, name="r1")).manifest  # keeps the first copy too
     ok2, _ = nothing_lost(tmp_path / "w", release="r1", n_in=4)
     good = good and ok2 and resharded["counts"] == manifest["counts"]
     probe("duplicate image key in two shards", code, msg or "second copy quarantined: duplicate", ok and good, why + "; a reshard keeps the first copy")
@@ -296,7 +299,7 @@ def test_verify_catches_each_tampering(built, tmp_path, probe, what):
 
 
 def test_a_label_id_pointing_at_another_person_is_caught(built, tmp_path, probe):
-    from skelpgt.datasets.release import finalize_release, staging_dir
+    from skelpgt.datasets.release import RoundFacts, finalize_release, staging_dir
     from skelpgt.datasets.shards import iter_shard, write_shards
 
     wd = tmp_path / "w"
@@ -310,7 +313,7 @@ def test_a_label_id_pointing_at_another_person_is_caught(built, tmp_path, probe)
     stage = staging_dir(wd, "r", 0)
     write_shards(samples, stage, prefix="r")
     m = read_manifest(rdir)
-    finalize_release(wd, "r", 0, quarantine=[], config=m["config"], code_version=m["code_version"], overwrite=True)
+    finalize_release(wd, RoundFacts("r", 0, config=m["config"], code_version=m["code_version"]), overwrite=True)
     code, _msg, res = cli("verify", str(rdir), "--store", str(wd))
     first = next((ln[2:] for ln in res.stdout.splitlines() if ln.startswith("- ")), "OK")
     probe("tamper: label ids swapped, checksums redone", code, first, code == 1 and "another sample/side" in res.stdout, "verify --store exit 1")
@@ -477,10 +480,10 @@ def test_a_reader_during_a_writer(built, tmp_path, probe):
 # ---------------------------------------------------------------------------- kills and concurrency
 _BUILD_SCRIPT = """
 import sys
-from skelpgt.datasets import pseudo_gt
 from skelpgt.fitting.convert import ConvertConfig, Converter
+from skelpgt.pipelines.usecases import BuildConfig, build_round0, convert_locally
 conv = Converter.from_models_dir(sys.argv[1], ConvertConfig(**{config!r}))
-pseudo_gt.build_round0(sys.argv[3:], sys.argv[2], "r", conv)
+build_round0(sys.argv[2], BuildConfig(tuple(sys.argv[3:]), "r"), convert_locally(conv))
 """
 
 
@@ -541,7 +544,7 @@ def test_earlier_rounds_stay_byte_identical_after_a_rebuild(converter, tmp_path,
     make_hmr2_tar(tmp_path / "s.tar", 2, rng, prefix="img", max_persons=2)
     wd = tmp_path / "w"
     assert build(converter, [tmp_path / "s.tar"], wd)[0] == 0
-    other = pseudo_gt.reshard_round(wd, "r", 0, samples_per_shard=1, name="r1")
+    other = reshard(wd, ReshardConfig("r", 0, samples_per_shard=1, name="r1")).manifest
     frozen = tree_bytes(wd / "releases" / "r")
     code, msg, _ = build(converter, [tmp_path / "s.tar"], wd)  # identical rerun
     same = tree_bytes(wd / "releases" / "r") == frozen
@@ -561,9 +564,9 @@ def test_no_warning_or_error_line_on_the_normal_path(tmp_path, probe):
 
 _REFINE_SCRIPT = """
 import sys
-from skelpgt.datasets.refine import refine_round
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
-refine_round(sys.argv[2], "r", 0, Skelify.from_models_dir(sys.argv[1], SkelifyConfig(iterations=1)), batch_size=8)
+from skelpgt.pipelines.usecases import RefineConfig, refine_round
+refine_round(sys.argv[2], RefineConfig("r", 0, batch_size=8), Skelify.from_models_dir(sys.argv[1], SkelifyConfig(iterations=1)))
 """
 
 

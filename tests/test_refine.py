@@ -10,9 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from skelpgt.datasets import LabelStore, pseudo_gt, read_manifest, verify_release
-from skelpgt.datasets.refine import KILL_ENV, refine_round
-from skelpgt.datasets.rounds import find_truth, label_error_vs_truth
+from skelpgt.datasets import LabelStore, read_manifest, read_source, verify_release
+from skelpgt.datasets.rounds import find_truth
+from skelpgt.pipelines.usecases import BuildConfig, RefineConfig, build_round0, convert_locally, refine_round
+from skelpgt.pipelines.usecases.refine import KILL_ENV
+from skelpgt.pipelines.usecases.report import label_error_vs_truth
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.keypoints import KeypointRegressor
 from skelpgt.fitting.skelify import Skelify
@@ -27,7 +29,7 @@ def project(tmp_path_factory, models_dir, skel_model):
     data = make_synthetic_dataset(root / "source", 5, seed=3, models_dir=models_dir, image_size=128)
     converter = Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=16))
     workdir = root / "work"
-    pseudo_gt.build_round0(data.shards, workdir, "syn", converter)
+    build_round0(workdir, BuildConfig(tuple(data.shards), "syn"), convert_locally(converter))
     # Corrupt every third label (both sides): a manual round-0 version becomes current.
     with LabelStore(workdir / "labels.h5", "a") as store:
         current = store.labels_of_round(0)
@@ -58,7 +60,7 @@ def test_two_rounds_reduce_label_error_and_never_accept_worse(project, models_di
     errors = [_label_error(project, 0, models_dir, skel_model)]
     reports = []
     for r in (0, 1):
-        reports.append(refine_round(workdir, "syn", r, skelify, batch_size=16))
+        reports.append(refine_round(workdir, RefineConfig("syn", r, batch_size=16), skelify))
         errors.append(_label_error(project, r + 1, models_dir, skel_model))
     print("label errors per round (m):", errors, [(r.changed, r.kept, r.skipped) for r in reports])
     # The fits use the synthetic dataset's own camera (dataset.json) and the acceptance guard, so
@@ -76,7 +78,7 @@ def test_two_rounds_reduce_label_error_and_never_accept_worse(project, models_di
         for r in (1, 2):
             rows = store.rows_of_round(r)
             parents = store.get(rows["parent_label_id"])
-            people = {p.key: p for p in pseudo_gt.read_source(read_manifest(workdir / "releases" / "syn" / f"round-{r - 1}")["config"]["sources"])}
+            people = {p.key: p for p in read_source(read_manifest(workdir / "releases" / "syn" / f"round-{r - 1}")["config"]["sources"])}
             from skelpgt.fitting.camera import normalise_keypoints
             from skelpgt.fitting.keypoints import flip_keypoints_normalised
 
@@ -112,11 +114,11 @@ def test_lineage_of_a_sample_refined_twice_lists_three_versions(project, models_
 def test_rerunning_a_round_changes_nothing(project, models_dir, skel_model):
     workdir = project["workdir"]
     if not (workdir / "releases" / "syn" / "round-1").exists():
-        refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
+        refine_round(workdir, RefineConfig("syn", 0, batch_size=16), project["skelify"])
     manifest = (workdir / "releases" / "syn" / "round-1" / "manifest.json").read_bytes()
     with LabelStore(workdir / "labels.h5") as store:
         n_rows = len(store)
-    refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
+    refine_round(workdir, RefineConfig("syn", 0, batch_size=16), project["skelify"])
     assert (workdir / "releases" / "syn" / "round-1" / "manifest.json").read_bytes() == manifest
     with LabelStore(workdir / "labels.h5") as store:
         assert len(store) == n_rows
@@ -128,7 +130,7 @@ def test_rounds_and_diff_commands(project, models_dir, skel_model):
 
     workdir = project["workdir"]
     if not (workdir / "releases" / "syn" / "round-1").exists():
-        refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
+        refine_round(workdir, RefineConfig("syn", 0, batch_size=16), project["skelify"])
     runner = CliRunner()
     table = runner.invoke(app, ["rounds", str(workdir), "--release", "syn", "--models-dir", str(models_dir)])
     assert table.exit_code == 0, table.output
@@ -163,7 +165,7 @@ def test_predictions_give_a_second_candidate_that_wins_where_it_is_better(projec
     results = {}
     for name, preds in (("plain", None), ("predicted", predictions)):
         shutil.copytree(project["pristine"], tmp_path / name)
-        report = refine_round(tmp_path / name, "syn", 0, project["skelify"], predictions=preds, checkpoint_digest="abc" if preds else "", batch_size=16)
+        report = refine_round(tmp_path / name, RefineConfig("syn", 0, batch_size=16), project["skelify"], predictions=preds, checkpoint_digest="abc" if preds else "")
         with LabelStore(tmp_path / name / "labels.h5") as store:
             now = store.labels_of_round(1, ("sample_key", "side", "poses"))
             rows = store.rows_of_round(1, ("checkpoint_digest",))
@@ -178,9 +180,9 @@ def test_predictions_give_a_second_candidate_that_wins_where_it_is_better(projec
 _ROUND_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from skelpgt.datasets.refine import refine_round
 from skelpgt.fitting.skelify import Skelify
-refine_round(sys.argv[1], "syn", 0, Skelify.from_models_dir(sys.argv[2]), batch_size=4)
+from skelpgt.pipelines.usecases import RefineConfig, refine_round
+refine_round(sys.argv[1], RefineConfig("syn", 0, batch_size=4), Skelify.from_models_dir(sys.argv[2]))
 """
 
 
@@ -224,11 +226,11 @@ def test_the_round_records_its_camera_and_reads_intrinsics_from_the_dataset(proj
     import json
 
     from skelpgt.datasets.readers import read_source
-    from skelpgt.datasets.refine import crop_camera, image_size, intrinsics_px
+    from skelpgt.pipelines.usecases.refine import crop_camera, image_size, intrinsics_px
 
     workdir = project["workdir"]
     if not (workdir / "releases" / "syn" / "round-1").exists():
-        refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
+        refine_round(workdir, RefineConfig("syn", 0, batch_size=16), project["skelify"])
     config = read_manifest(workdir / "releases" / "syn" / "round-1")["config"]["refine"]["camera"]
     meta = json.loads((project["truth_path"].parent / "dataset.json").read_text())["camera"]
     assert config["mode"] == "fit-focal"  # the default; the dataset.json camera wins over a fitted focal
@@ -254,7 +256,7 @@ def test_the_round_records_its_camera_and_reads_intrinsics_from_the_dataset(proj
     np.testing.assert_allclose(estimated, (128 * 2**0.5, 64.0, 64.0), rtol=1e-6)
     # crop camera everywhere: recorded, and a different config digest (so its rows are its own).
     with pytest.raises(ValueError):
-        refine_round(workdir, "syn", 0, project["skelify"], camera="pinhole")
+        refine_round(workdir, RefineConfig("syn", 0, camera="pinhole"), project["skelify"])
 
 
 def test_a_round_from_good_labels_does_not_make_them_worse_in_3d(project, models_dir, tmp_path):
@@ -277,7 +279,7 @@ def _assert_a_round_keeps_good_labels(project, models_dir, workdir) -> None:
     """Round 0 → 1 (default camera) changes MPJPE / PA-MPJPE vs truth by at most +1 mm / +0.5 mm."""
     truth = project["truth_path"]
     before = [label_error_vs_truth(workdir, 0, truth, models_dir, aligned=a) for a in (False, True)]
-    refine_round(workdir, "syn", 0, project["skelify"], batch_size=16)
+    refine_round(workdir, RefineConfig("syn", 0, batch_size=16), project["skelify"])
     after = [label_error_vs_truth(workdir, 1, truth, models_dir, aligned=a) for a in (False, True)]
     print("good labels, MPJPE / PA-MPJPE (m) before, after:", before, after)
     assert after[0] <= before[0] + 1e-3 and after[1] <= before[1] + 5e-4, (before, after)
@@ -292,7 +294,7 @@ def test_a_round_from_good_labels_with_intrinsics_hidden_fits_each_images_focal(
     benchmarks/skelify.py (3) measures the MPJPE difference on larger sets."""
     import json
 
-    from skelpgt.datasets import refine
+    from skelpgt.pipelines.usecases import refine
     from skelpgt.datasets.readers import read_source
 
     workdir = _good_labels(project, tmp_path)

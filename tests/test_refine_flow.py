@@ -11,8 +11,10 @@ import sys
 
 import numpy as np
 import pytest
-from skelpgt.datasets import LabelStore, pseudo_gt, verify_release
-from skelpgt.datasets.refine import KILL_ENV, KILL_WORKER_ENV, load_predictions
+from skelpgt.datasets import LabelStore, verify_release
+from skelpgt.model.predict import load_predictions
+from skelpgt.pipelines.usecases import BuildConfig, build_round0, convert_locally
+from skelpgt.pipelines.usecases.refine import KILL_ENV, KILL_WORKER_ENV
 from skelpgt.fitting.convert import ConvertConfig, Converter
 
 FIELDS = ("label_id", "sample_key", "side", "parent_label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted", "checkpoint_digest")
@@ -34,7 +36,7 @@ def project(tmp_path_factory, models_dir, prefect_api):
     root = tmp_path_factory.mktemp("refine-flow")
     data = make_synthetic_dataset(root / "source", 6, seed=5, models_dir=models_dir, image_size=96, shard_size=2)
     workdir = root / "work"
-    pseudo_gt.build_round0(data.shards, workdir, "syn", Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=16)))
+    build_round0(workdir, BuildConfig(tuple(data.shards), "syn"), convert_locally(Converter.from_models_dir(models_dir, ConvertConfig(chunk_size=16))))
     train_regressor(workdir=str(workdir), release="syn", arch="vit-micro", steps=2, batch_size=2)  # 'latest' checkpoint of round 0
     return workdir
 

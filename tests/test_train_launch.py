@@ -14,7 +14,8 @@ from skelpgt.model.data import DataConfig
 from skelpgt.model.testing import make_skel_release
 from skelpgt.model.train import TrainConfig, recipe
 from skelpgt.pipelines.launch import Launch, torchrun_command
-from skelpgt.pipelines.train import checkpoint_dir, train_regressor
+from skelpgt.datasets.workdir import Workdir
+from skelpgt.pipelines.train import train_regressor
 
 FLOW = {"release": "toy", "arch": "vit-micro", "batch_size": 2}
 
@@ -45,7 +46,7 @@ def _kill_rank_when_it_runs(config: Path, rank: int, stop: threading.Event) -> t
 
 
 def test_two_gloo_ranks_train_resume_and_a_finished_run_is_not_retrained(prefect_api, workdir):
-    out_dir = checkpoint_dir(workdir, "toy", 0)
+    out_dir = Workdir(workdir).checkpoints("toy", 0)
     first = train_regressor(workdir=str(workdir), steps=2, nproc=2, **FLOW)
     assert (first["world"], first["start_step"], first["step"]) == (2, 0, 2)
     metrics = json.loads((out_dir / "train_metrics.json").read_text())
@@ -67,7 +68,7 @@ def test_two_gloo_ranks_train_resume_and_a_finished_run_is_not_retrained(prefect
 
 
 def test_a_killed_rank_fails_the_flow_with_one_line_naming_it(prefect_api, workdir):
-    out_dir = checkpoint_dir(workdir, "toy", 0)
+    out_dir = Workdir(workdir).checkpoints("toy", 0)
     stop = threading.Event()
     killer = _kill_rank_when_it_runs(out_dir / "train_config.json", 1, stop)
     try:

@@ -37,8 +37,9 @@ Why: the crop camera cannot represent an off-centre person's projection (it igno
 angle), so fitting 2D below its floor bends the body: measured on the synthetic data, a round
 through it cut 2D error ~10× and made labels ~5× worse in 3D (benchmarks/skelify.py).
 
-Steps (`refine_round` runs them in one process; the `refine-labels` flow runs each as tasks):
-`plan_round` reads round N and cuts fixed chunks of `batch_size` persons per side (`ChunkJob`s:
+Steps (`refine_round` is the one sequence; its `RoundSteps` run the parallel ones in this process
+or, from the `refine-labels` flow, as tasks on any task runner): predictions of a checkpoint per
+release shard (`predict.predict_round`), `plan_round` reads round N and cuts fixed chunks of `batch_size` persons per side (`ChunkJob`s:
 plain arrays, so they travel to any worker); `run_chunk` scores a chunk's current labels and
 SKELifies it into a candidates file under `<workdir>/refine/<release>/round-<N+1>-<config digest>/`
 (atomic, named by a digest of its inputs); `record_round`, the only label-store writer, appends the
@@ -74,25 +75,31 @@ import itertools
 import json
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
+from skelpgt.datasets.atomic import atomic_write_bytes
+from skelpgt.datasets.conversion import SIDES
+from skelpgt.datasets.labelstore import LabelStore
+from skelpgt.datasets.provenance import code_version, digest_of
+from skelpgt.datasets.quarantine import read_quarantine
+from skelpgt.datasets.records import SkelLabel
+from skelpgt.datasets.release import QUARANTINE, RoundFacts, clear_staging, finalize_release, read_manifest, release_lock, resolve_round
+from skelpgt.datasets.rounds import dataset_meta
+from skelpgt.datasets.samples import quarantined_keys, release_samples_of, source_images
+from skelpgt.datasets.shards import ShardInfo, ShardWriter
+from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.camera import FOCAL_NORMALISED, crop_intrinsics, fit_focal, full_image_intrinsics, normalise_keypoints
 from skelpgt.fitting.keypoints import flip_keypoints_normalised
-from skelpgt.fitting.mirror import mirror_pose
 from skelpgt.fitting.skelify import Skelify, acceptance_score
+from skelpgt.model.predict import Predictions
 
-from .atomic import atomic_write_bytes
-from .labelstore import LabelStore
-from .pseudo_gt import SIDES, clear_staging, code_version, digest_of, quarantined_keys, release_samples_of, source_images
-from .quarantine import read_quarantine
-from .records import SkelLabel
-from .release import QUARANTINE, finalize_release, read_manifest, release_lock, resolve_round
-from .rounds import dataset_meta
-from .shards import ShardInfo, ShardWriter
+from .predict import predict_round
 
 
 @dataclass
@@ -108,12 +115,12 @@ class RoundReport:
     violation_before: float
     violation_after: float
     manifest: dict
+    from_round: int = 0
+    checkpoint: str | None = None  # its sha256: manifest['config']['refine']['checkpoint_digest']
 
 
 KILL_ENV = "SKELPGT_REFINE_KILL_AFTER_CHUNKS"
 KILL_WORKER_ENV = "SKELPGT_REFINE_KILL_WORKER_ONCE"
-# {person key: {'orig' | 'flip': (q (46,) rad, β (10,))}}: starting points from a regressor.
-Predictions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 _ROW_FIELDS = ("label_id", "poses", "betas", "kp2d_err", "limit_violation", "accepted")
 CAMERAS = ("source", "fit-focal", "full-image", "crop")  # see the module docstring
 # fit-focal's search (`camera.fit_focal`): ×/÷ span around CLIFF's estimate, grid steps, golden-section
@@ -156,10 +163,10 @@ class RoundPlan:
     """Everything a round needs after reading round N: its config, the chunk jobs, and the release layout.
 
     `images`: per source, its release stream's images (quarantined persons left out, as
-    `pseudo_gt.release_samples` writes them), each as its labelled person keys; the release is cut
+    `samples.release_samples` writes them), each as its labelled person keys; the release is cut
     from that stream and `skips` holds each source's quarantined keys."""
 
-    workdir: Path
+    workdir: Workdir
     release: str
     from_round: int
     manifest: dict
@@ -179,7 +186,7 @@ class RoundPlan:
     @property
     def candidates_dir(self) -> Path:
         """Where the chunk tasks leave their candidates (kept: the round's audit trail and its resume cache)."""
-        return self.workdir / "refine" / self.release / f"round-{self.to_round}-{self.config_digest}"
+        return self.workdir.candidates(self.release, self.to_round, self.config_digest)
 
     @property
     def samples_per_shard(self) -> int:
@@ -187,23 +194,82 @@ class RoundPlan:
         return max(1, self.manifest["counts"]["samples"] // max(1, len(self.manifest["shards"])))
 
 
-def refine_round(workdir: str | os.PathLike, release: str, from_round: int, skelify: Skelify, **options) -> RoundReport:
-    """Refine release `release` round `from_round` into round `from_round + 1` (store + release), in this process.
+@dataclass(frozen=True)
+class RefineConfig:
+    """One round of release `release`: round `from_round` (None: the latest) → the next.
 
-    The same steps as the `refine-labels` flow, one after the other: `plan_round` (which takes the
-    `options`: predictions, checkpoint_digest, batch_size, camera), `run_chunk` per job,
-    `record_round` (the only store writer), `write_round_shard` per release shard, `finish_round`.
+    `checkpoint`: a regressor checkpoint (.pt) whose predictions give every person side a second
+    SKELify start, 'latest' (train-regressor's `last.pt` of that round, when there is one) or None;
+    its predictions are made with `models_dir` on `device`. `batch_size`: person sides per chunk;
+    `camera`: one of CAMERAS (module docstring)."""
+
+    release: str = "synthetic"
+    from_round: int | None = None
+    checkpoint: str | None = None
+    batch_size: int = 64
+    camera: str = "fit-focal"
+    models_dir: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class RoundSteps:
+    """How a round's parallel steps run (in this process: `refine_locally`; the `refine-labels` flow passes its tasks).
+
+    fit(jobs, candidates folder) → candidate files (job order); record(plan, files) → (labels, totals), the only
+    store writer; write_shards([(part, labels, skips)], stage, release, round) → ShardInfos (release order);
+    predict(checkpoint, [(release shard, part file)], models_dir, device) → part files (same order)."""
+
+    fit: Callable[[list[ChunkJob], Path], list]
+    record: Callable[[RoundPlan, list], tuple[dict, dict]]
+    write_shards: Callable[[list, Path, str, int], list[ShardInfo]]
+    predict: Callable[[str, list, str | None, str], list] | None = None
+
+
+def refine_locally(skelify: Skelify) -> RoundSteps:
+    """RoundSteps that run one step after the other in this process, fitting with `skelify`."""
+
+    def write_shards(shards: list, stage: Path, release: str, round: int) -> list[ShardInfo]:
+        return [write_round_shard(part, labels, skips, stage, index=i, release=release, round=round) for i, (part, labels, skips) in enumerate(shards)]
+
+    return RoundSteps(lambda jobs, folder: [run_chunk(job, skelify, folder) for job in jobs], record_round, write_shards)
+
+
+def refine_round(
+    workdir: str | os.PathLike, config: RefineConfig, skelify: Skelify, steps: RoundSteps | None = None, *,
+    predictions: Predictions | None = None, checkpoint_digest: str = "",
+) -> RoundReport:  # fmt: skip
+    """Refine round N of `config.release` into round N+1 (label store + release) → RoundReport.
+
+    The one path of a round, whoever runs it: predictions of `config.checkpoint` (if any), `plan_round`,
+    `steps.fit` per chunk, `steps.record`, `steps.write_shards` under the release lock, `finish_round`.
+    `skelify` plans the round (and fits it with the default `refine_locally`). `predictions` (with the
+    `checkpoint_digest` they came from) are starts made elsewhere, used when `config.checkpoint` is None.
     """
-    plan = plan_round(workdir, release, from_round, skelify, **options)
-    files = [run_chunk(job, skelify, plan.candidates_dir) for job in plan.jobs]
-    new_labels, totals = record_round(plan, files)
-    with release_lock(plan.workdir, release):
-        stage = clear_staging(plan.workdir, release, plan.to_round)
-        infos = []
-        for index, part in enumerate(release_parts(plan)):
-            labels, skips = part_inputs(plan, part, new_labels)
-            infos.append(write_round_shard(part, labels, skips, stage, index=index, release=release, round=plan.to_round))
-        return finish_round(plan, infos, totals)
+    workdir = Workdir.of(workdir)
+    steps = steps or refine_locally(skelify)
+    start = workdir.latest_round(config.release, config.from_round)
+    checkpoint = round_checkpoint(workdir, config, start)
+    if checkpoint is not None:
+        predictions, checkpoint_digest = predict_round(workdir, config.release, start, checkpoint, config.models_dir, config.device, steps.predict)
+    plan = plan_round(workdir, config.release, start, skelify, predictions, checkpoint_digest, config.batch_size, config.camera)
+    files = steps.fit(plan.jobs, plan.candidates_dir)
+    new_labels, totals = steps.record(plan, files)
+    with release_lock(workdir, config.release):
+        stage = clear_staging(workdir, config.release, plan.to_round)
+        shards = [(part, *part_inputs(plan, part, new_labels)) for part in release_parts(plan)]
+        report = finish_round(plan, steps.write_shards(shards, stage, config.release, plan.to_round), totals)
+    return dataclasses.replace(report, checkpoint=checkpoint)
+
+
+def round_checkpoint(workdir: Workdir, config: RefineConfig, round: int) -> str | None:
+    """The checkpoint a round starts its second candidates from: the given file, train-regressor's for 'latest' (if any), or None."""
+    if config.checkpoint == "latest":
+        found = workdir.checkpoints(config.release, round) / "last.pt"
+        return str(found) if found.is_file() else None
+    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
+        raise FileNotFoundError(f"{config.checkpoint}: no such checkpoint file")
+    return config.checkpoint
 
 
 def plan_round(
@@ -226,8 +292,8 @@ def plan_round(
     """
     if camera not in CAMERAS:
         raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
-    workdir = Path(workdir)
-    folder = resolve_round(workdir / "releases" / release, from_round)
+    workdir = Workdir.of(workdir)
+    folder = resolve_round(workdir.release(release), from_round)
     manifest = read_manifest(folder)
     sources = manifest["config"]["sources"]
     config = {
@@ -235,7 +301,7 @@ def plan_round(
         "camera": {"mode": camera, "sources": [_describe_camera(s, camera) for s in sources]},
     }  # fmt: skip
     config_digest = digest_of(config)
-    with LabelStore(workdir / "labels.h5", "r") as store:
+    with LabelStore(workdir.labels, "r") as store:
         labels = store.skel_labels(from_round)
         committed = _committed_rows(store, from_round + 1, config_digest)
     quarantine = read_quarantine(folder / QUARANTINE)
@@ -348,7 +414,7 @@ def record_round(plan: RoundPlan, files: list[str | os.PathLike]) -> tuple[dict,
     kill_after = int(os.environ.get(KILL_ENV) or 0)
     fitted = 0
     version = code_version()
-    with LabelStore(plan.workdir / "labels.h5", "a") as store:
+    with LabelStore(plan.workdir.labels, "a") as store:
         for job, file in zip(plan.jobs, files, strict=True):
             with np.load(file) as data:
                 cand = dict(data)
@@ -415,23 +481,14 @@ def write_round_shard(
 
 def finish_round(plan: RoundPlan, infos: list[ShardInfo], totals: dict) -> RoundReport:
     """Manifest + quarantine of round N+1 from its staged shards (the caller holds the release lock) → the round's report."""
-    manifest = finalize_release(
-        plan.workdir, plan.release, plan.to_round, shard_infos=infos, quarantine=plan.quarantine, parent_round=plan.from_round,
-        config={**plan.manifest["config"], "refine": plan.config}, code_version=code_version(), overwrite=True,
-    )  # fmt: skip
+    config = {**plan.manifest["config"], "refine": plan.config}
+    facts = RoundFacts(plan.release, plan.to_round, plan.from_round, config, code_version(), plan.quarantine)
+    manifest = finalize_release(plan.workdir, facts, shard_infos=infos, overwrite=True)
     mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     return RoundReport(
         plan.to_round, totals["changed"], totals["kept"], totals["skipped"],
-        mean(totals["before"]), mean(totals["after"]), mean(totals["vb"]), mean(totals["va"]), manifest,
+        mean(totals["before"]), mean(totals["after"]), mean(totals["vb"]), mean(totals["va"]), manifest, plan.from_round,
     )  # fmt: skip
-
-
-def load_predictions(path: str | os.PathLike) -> Predictions:
-    """`skelpgt predict` npz (key, poses (N,46) rad, betas (N,10)) → Predictions; flip = mirror_pose of orig."""
-    with np.load(path, allow_pickle=False) as data:
-        keys, poses, betas = data["key"], data["poses"].astype(np.float32), data["betas"].astype(np.float32)
-    flipped = mirror_pose(torch.from_numpy(poses)).numpy()
-    return {str(k): {"orig": (poses[i], betas[i]), "flip": (flipped[i], betas[i])} for i, k in enumerate(keys.tolist())}
 
 
 def _committed_rows(store: LabelStore, round: int, config_digest: str) -> dict[tuple[str, str, int], int]:
@@ -573,8 +630,6 @@ def crop_camera(chunk: list[str], side: str, people: dict, intrinsics: dict) -> 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) px of an encoded image, read from its header (PIL opens lazily), or None if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size
