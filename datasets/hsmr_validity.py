@@ -13,6 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .quarantine import Quarantine
+
 PVE_MAX_VALID = 0.06  # m: stage 8, `pve_max < 0.06`
 BETA_VALID = 3.0  # stage 10: `max|β| > 3` → has_betas = False
 REASONS = ("pve_max_nan", "pve_max_ge_0.06m", "abs_beta_gt_3")
@@ -58,8 +60,7 @@ def summary(per_shard: Iterable[dict]) -> dict:
 
 def shard_counts(path) -> dict:
     """Re-read one release shard → its counts (for shards finalised without the writer's ShardInfo)."""
-    from .quarantine import Quarantine
-    from .shards import iter_shard
+    from .shards import iter_shard  # import cycle: shards imports count_invalid from this module at its top
 
     counts: Counter = Counter()
     for sample in iter_shard(path, Quarantine()):

@@ -7,11 +7,13 @@ and why. Nothing here raises on bad data.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .quarantine import QuarantineEntry
 
@@ -224,10 +226,6 @@ def check_image_bytes(data: bytes, ext: str) -> str | None:
             return "unreadable: not a PNG (bad signature)"
     else:
         return f"type: unsupported image extension {ext!r}"
-    import io
-
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()

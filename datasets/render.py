@@ -12,9 +12,29 @@ are tested with barycentric coordinates, and a depth buffer keeps the nearest su
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from skelpgt.fitting.body import load_body
+from skelpgt.fitting.camera import FOCAL_NORMALISED, keypoint_error, normalise_keypoints, project, solve_translation
+from skelpgt.fitting.keypoints import flip_keypoints_2d
+from skelpgt.fitting.mirror import mirror_smpl_pose
+from skelpgt.fitting.models import ensure_models_dir
+from skelpgt.fitting.skel import PARENTS
+from skelpgt.fitting.smpl import load_smpl, smpl_forward
+
+from .pyd import load_pyd
+from .readers import source_files
+from .records import IMAGE_EXTS, split_person_key
+from .release import MANIFEST, resolve_round
+from .shards import person_index_of
+from .tario import TarSample, iter_tar
 
 # Upper bounds of the bounding-box size buckets (pixels); boxes beyond the last are done one by one.
 _BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -266,8 +286,6 @@ class BodyModels:
     """SKEL (and, on demand, SMPL) + the 44-keypoint regressor, to turn labels into `Geometry`."""
 
     def __init__(self, models_dir, gender: str = "male"):
-        from skelpgt.fitting.body import load_body
-
         self.models_dir = models_dir
         body = load_body(models_dir, gender)
         self.skel, self.regressor = body.skel, body.keypoints
@@ -275,10 +293,6 @@ class BodyModels:
 
     def skel_geometry(self, poses: np.ndarray, betas: np.ndarray) -> Geometry:
         """SKEL label q (46,) rad, β (10,) → Geometry with the skeleton mesh."""
-        import torch
-
-        from skelpgt.fitting.skel import PARENTS
-
         with torch.no_grad():
             out = self.skel(torch.as_tensor(poses, dtype=torch.float32)[None], torch.as_tensor(betas, dtype=torch.float32)[None], skelmesh=True)
             kp = self.regressor(out.skin_verts)
@@ -289,10 +303,6 @@ class BodyModels:
 
     def smpl_geometry(self, pose: np.ndarray, betas: np.ndarray) -> Geometry:
         """SMPL label (72,) axis-angle, β (10,) → Geometry (no skeleton mesh; joints and limbs only)."""
-        import torch
-
-        from skelpgt.fitting.smpl import load_smpl, smpl_forward
-
         if self._smpl is None:
             self._smpl = load_smpl(self.models_dir, "neutral")
         with torch.no_grad():
@@ -310,10 +320,6 @@ def solve_camera(keypoints: np.ndarray, kp2d: np.ndarray, center: np.ndarray, sc
     confidences sum to ≥ 4. Returns translation (3,) m, the equivalent pixel camera (without its
     image size) and the mean keypoint error in normalised crop units.
     """
-    import torch
-
-    from skelpgt.fitting.camera import FOCAL_NORMALISED, keypoint_error, normalise_keypoints, project, solve_translation
-
     as64 = lambda a: torch.as_tensor(np.asarray(a, np.float64))[None]  # noqa: E731
     pts = as64(keypoints)
     kp = normalise_keypoints(as64(kp2d), as64(center), as64(scale))
@@ -361,8 +367,6 @@ class PanelPerson:
 
 def render_panel(image: np.ndarray, persons: list[PanelPerson], title: str, *, zoom: int = 1, bodies: bool = True):
     """Image (H, W, 3) uint8 + persons → PIL panel (zoomed, titled): keypoints and boxes, or the bodies with their cameras."""
-    from PIL import Image, ImageDraw
-
     h, w = image.shape[:2]
     big = Image.fromarray(image).resize((w * zoom, h * zoom), Image.BILINEAR) if zoom > 1 else Image.fromarray(image)
     offset = (zoom - 1) / 2.0  # pixel centres stay at integers: x' = (x + 0.5)·zoom − 0.5
@@ -407,8 +411,6 @@ def render_panel(image: np.ndarray, persons: list[PanelPerson], title: str, *, z
 
 def hstack_panels(panels: list):
     """PIL panels → one PIL image side by side (2 px gaps)."""
-    from PIL import Image
-
     gap = 2
     out = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), max(p.height for p in panels)), (0, 0, 0))
     x = 0
@@ -424,15 +426,6 @@ def find_sample(key: str, *, release=None, round: int | None = None, source=None
     Looks in a release round's shards, or in source tars (a tar or a folder of them) when `source`
     is given. Raises KeyError when the key is not there.
     """
-    import json
-    from pathlib import Path
-
-    from .pyd import load_pyd
-    from .readers import source_files
-    from .records import IMAGE_EXTS, split_person_key
-    from .release import MANIFEST, resolve_round
-    from .tario import TarSample, iter_tar
-
     try:
         person_image, person_index = split_person_key(key)
     except ValueError:
@@ -454,8 +447,6 @@ def find_sample(key: str, *, release=None, round: int | None = None, source=None
                 raise KeyError(f"{key}: sample in {f} has no image")
             if item.key == key:
                 return item.key, item.members[ext], persons, list(range(len(persons)))
-            from .shards import person_index_of
-
             at = [j for j, p in enumerate(persons) if isinstance(p, dict) and person_index_of(p, j) == person_index]
             if at:
                 return item.key, item.members[ext], persons, at
@@ -473,20 +464,12 @@ def _label_geometry(models: BodyModels, person: dict, side: str) -> Geometry | N
         return None
     pose = np.asarray(person["body_pose"], np.float32)
     if side == "flip":
-        import torch
-
-        from skelpgt.fitting.mirror import mirror_smpl_pose
-
         pose = mirror_smpl_pose(torch.from_numpy(pose)).numpy()
     return models.smpl_geometry(pose, np.asarray(person["betas"], np.float32))
 
 
 def label_sheet(image: np.ndarray, persons: list[dict], models: BodyModels, *, title: str = "", zoom: int | None = None):
     """Image (H, W, 3) uint8 + HMR2.0/skelpgt person dicts → PIL sheet: input | orig label | flip label (mirrored image)."""
-    import torch
-
-    from skelpgt.fitting.keypoints import flip_keypoints_2d
-
     h, w = image.shape[:2]
     zoom = zoom or int(max(1, min(4, np.ceil(320 / max(h, 1)))))
     orig, flip = [], []
@@ -522,12 +505,6 @@ def crop_to_person(image: np.ndarray, person: dict, margin: float = 1.15) -> tup
 
 def show_sample(key: str, *, release=None, round: int | None = None, source=None, models_dir=None, gender: str = "male"):
     """`skelpgt show`: find a sample (image or person key) and draw its label sheet → PIL image."""
-    import io
-
-    from PIL import Image
-
-    from skelpgt.fitting.models import ensure_models_dir
-
     image_key, data, persons, wanted = find_sample(key, release=release, round=round, source=source)
     image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     models = BodyModels(ensure_models_dir(models_dir), gender=gender)

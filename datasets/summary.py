@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .labelstore import LabelStore, open_store
 from .pyd import load_pyd
 from .release import MANIFEST, PVE_VALID, list_rounds, resolve_round
 from .tario import TarDamage, iter_tar
@@ -199,8 +200,6 @@ def _split_side_suffix(key: str) -> tuple[str, str | None]:
 
 def lineage(store: Any, sample_key: str, side: str | None = None) -> list[dict]:
     """Label store (LabelStore, labels.h5 path or workdir) + per-person key (optionally `_orig`/`_flip`) -> versions, oldest first."""
-    from .labelstore import LabelStore, open_store
-
     key, suffix_side = _split_side_suffix(sample_key)
     side = side or suffix_side
     if isinstance(store, LabelStore):

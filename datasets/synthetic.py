@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tarfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -38,10 +39,17 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
+from PIL import Image
+from scipy.spatial.transform import Rotation
 
+from skelpgt.fitting.keypoints import KeypointRegressor
+from skelpgt.fitting.models import ensure_models_dir
+from skelpgt.fitting.smpl import load_smpl, smpl_forward
 from skelpgt.fitting.synthetic import axis_rotation
 
 from .atomic import atomic_write_bytes, fsync_dir
+from .poses import sample_smpl_poses
 from .pyd import dump_pyd
 from .release import canonical_json
 from .render import PinholeCamera, Raster, rasterize, shade_mesh, to_uint8
@@ -100,8 +108,6 @@ class SyntheticImage:
 
 
 def _rotvec(r: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_matrix(r).as_rotvec()
 
 
@@ -123,11 +129,6 @@ class _Body:
     """SMPL stand-in (or real SMPL) + keypoint regressor + per-vertex clothing regions, loaded once."""
 
     def __init__(self, models_dir: Path):
-        import torch
-
-        from skelpgt.fitting.keypoints import KeypointRegressor
-        from skelpgt.fitting.smpl import load_smpl
-
         self.smpl = load_smpl(models_dir, "neutral")
         self.faces = np.asarray(self.smpl.faces, dtype=np.int64)
         self.kp_matrix = KeypointRegressor.from_models_dir(models_dir).matrix.double().numpy()  # (44, 6890)
@@ -146,10 +147,6 @@ class _Body:
 
     def forward(self, pose: np.ndarray, betas: np.ndarray) -> np.ndarray:
         """SMPL vertices (B, 6890, 3) float64 at zero translation for float32 pose (B, 72), betas (B, 10)."""
-        import torch
-
-        from skelpgt.fitting.smpl import smpl_forward
-
         with torch.no_grad():
             verts, _ = smpl_forward(self.smpl, torch.from_numpy(pose), torch.from_numpy(betas))
         return verts.double().numpy()
@@ -229,8 +226,6 @@ def _orientation(rng: np.random.Generator, pitch: float) -> np.ndarray:
 
 
 def _plan_people(rng: np.random.Generator, n: int, pitch: float, hard_fraction: float, seed_pose: int) -> list[dict]:
-    from .poses import sample_smpl_poses
-
     pose = sample_smpl_poses(n, seed=seed_pose, hard_fraction=hard_fraction).numpy().astype(np.float64)
     out = []
     for i in range(n):
@@ -409,8 +404,6 @@ def _crop_orientation(global_orient: np.ndarray, center: np.ndarray, cam: Pinhol
     HSMR-style crops use a camera on the ray through the box centre; a person seen off-axis in the
     full image appears turned by that ray's angle (up to ~20° here) relative to `body_pose[:3]`.
     """
-    from scipy.spatial.transform import Rotation
-
     ray = np.array([(center[0] - cam.cx) / cam.focal, (center[1] - cam.cy) / cam.focal, 1.0])
     ray /= np.linalg.norm(ray)
     axis = np.cross([0.0, 0.0, 1.0], ray)
@@ -419,8 +412,6 @@ def _crop_orientation(global_orient: np.ndarray, center: np.ndarray, cam: Pinhol
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
@@ -436,16 +427,12 @@ def iter_synthetic_images(
     start: int = 0,
 ) -> Iterator[SyntheticImage]:
     """Rendered images start..start+n_images−1 of dataset `seed` (each depends only on seed and index)."""
-    from skelpgt.fitting.models import ensure_models_dir
-
     gen = _Generator(ensure_models_dir(models_dir), seed, image_size, people_per_image, hard_fraction)
     yield from gen.images(start, start + n_images)
 
 
 def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     """Members → tar bytes with the shard writer's fixed metadata (mtime 0, fixed owner), end padded like tarfile."""
-    import tarfile
-
     parts = []
     for name, data in members:
         parts += [tar_header(name, len(data)), data, b"\0" * (-len(data) % tarfile.BLOCKSIZE)]
@@ -479,8 +466,6 @@ def make_synthetic_dataset(
     hard_fraction: float = 0.15,
 ) -> SyntheticDatasetInfo:
     """Render `n_images` images into HMR2.0-format tars under `<out_dir>/shards/`, plus truth.npz and dataset.json."""
-    from skelpgt.fitting.models import ensure_models_dir
-
     if n_images < 1 or shard_size < 1:
         raise ValueError("n_images and shard_size must be >= 1")
     t0 = time.perf_counter()

@@ -9,14 +9,13 @@ import tarfile
 from typing import Iterable
 
 import numpy as np
+from PIL import Image
 
 from .records import N_BETAS, N_KEYPOINTS, SKEL_POSE_DIM, SMPL_POSE_DIM, SkelLabel
 
 
 def tiny_jpeg(rng: np.random.Generator, h: int = 24, w: int = 32, quality: int = 80, fmt: str = "JPEG") -> bytes:
     """Random (h, w) RGB image -> encoded bytes (JPEG by default, or fmt='PNG')."""
-    from PIL import Image
-
     arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .labelstore import open_store
 from .quarantine import Quarantine, read_quarantine
 from .release import _ROUND_DIR as _ROUND_NAME
 from .release import MANIFEST, QUARANTINE, RELEASE_FORMAT, _combined_label_digest, config_digest, resolve_round
@@ -43,8 +44,6 @@ class VerifyReport:
 def _store_check(
     report: VerifyReport, store_path: str | os.PathLike, ids: np.ndarray, keys: list[str], sides: np.ndarray, arrays: dict[str, np.ndarray], manifest: dict
 ) -> None:
-    from .labelstore import open_store
-
     with open_store(store_path) as st:
         n = len(st)
         missing = (ids < 0) | (ids >= n)
