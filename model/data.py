@@ -33,16 +33,20 @@ is the order a `DataLoader(batch_size=None)` returns them in; resuming = startin
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from skelpgt.fitting.dofs import joint_dofs_from_rotation, rotations_from_dofs
 from skelpgt.fitting.keypoints import FLIP_PERMUTATION, flip_keypoints_2d
 from torch import Tensor
 from torch.nn import functional as F
+
+from .sources import open_source_persons
 
 PATCH = 256
 OUT_HW = (256, 192)
@@ -308,8 +312,6 @@ class LazyImage:
         self.data = data
 
     def __array__(self, dtype=None, copy=None):
-        from PIL import Image
-
         a = np.asarray(Image.open(io.BytesIO(self.data)).convert("RGB"))
         return a if dtype is None else a.astype(dtype)
 
@@ -336,8 +338,6 @@ def drop_reason(person: dict, cfg: DataConfig) -> str | None:
 
 
 def _source_persons(cfg: DataConfig):
-    from .sources import open_source_persons
-
     return open_source_persons(cfg.release, cfg.round, split=cfg.split, val_fraction=cfg.val_fraction, image=_lazy_image_handler,
         nodesplitter=_all_shards, workersplitter=_all_shards, empty_check=False,
     )  # fmt: skip
@@ -372,8 +372,6 @@ def count_persons(cfg: DataConfig) -> dict[str, int]:
 
 def source_counts(cfg: DataConfig) -> dict[str, dict]:
     """{source spec: `count_persons` counts (+ 'weight' when mixed)} for `cfg.release` or every `cfg.mix` source."""
-    import dataclasses
-
     if not cfg.mix:
         return {str(cfg.release): count_persons(cfg)}
     return {str(p): dict(count_persons(dataclasses.replace(cfg, release=str(p), mix=None)), weight=float(w)) for p, w in cfg.mix}
@@ -411,8 +409,6 @@ def person_stream(cfg: DataConfig, epochs: int | None = None):
         for n, (epoch, s) in enumerate(_single_stream(cfg, epochs)):
             yield n, epoch, s
         return
-    import dataclasses
-
     paths = [m[0] for m in cfg.mix]
     w = np.asarray([float(m[1]) for m in cfg.mix])
     if (w < 0).any() or w.sum() <= 0:

@@ -32,8 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from skelpgt.fitting.models import ensure_models_dir
+from skelpgt.fitting.smpl import load_smpl, smpl_forward
 
 from .data import crop_image, imagenet_normalise
+from .evaluate import load_model
 from .losses import BodyModel, projected_keypoints
 from .metrics import EVAL_14, limit_violation_rates, mpjpe, pa_mpjpe, pck
 
@@ -137,8 +141,6 @@ def eval_box(box_wh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def load_crops(f: EvalFile, idx: np.ndarray, images_root: str | Path) -> torch.Tensor:
     """ImageNet-normalised crops (B,3,256,192) of persons `idx` of file `f`."""
-    from PIL import Image
-
     side, _ = eval_box(f.box_wh[idx])
     out = []
     for j, i in enumerate(idx):
@@ -154,14 +156,10 @@ class _Moyo:
     """MOYO ground truth: SMPL neutral meshes, and the SMPL male joint regressor used on both sides."""
 
     def __init__(self, models_dir):
-        from skelpgt.fitting.smpl import load_smpl
-
         self.smpl = load_smpl(models_dir, "neutral")
         self.j_reg = torch.as_tensor(np.asarray(load_smpl(models_dir, "male").J_regressor.detach().cpu()), dtype=torch.float32)
 
     def gt_verts(self, smpl: dict, idx) -> torch.Tensor:
-        from skelpgt.fitting.smpl import smpl_forward
-
         t = lambda k: torch.as_tensor(smpl[k][idx], dtype=torch.float32)
         with torch.no_grad():
             verts, _ = smpl_forward(self.smpl, torch.cat((t("global_orient"), t("body_pose")), 1), t("betas"))
@@ -243,10 +241,6 @@ def evaluate_files(predict_fn, files: list[EvalFile], images_root, models_dir, *
 def evaluate_checkpoint(checkpoint, *, hmr2_npz=(), moyo_npz=(), images_root=".", models_dir=None, batch_size: int = 32,
                         max_samples: int | None = None, out_dir=None, device: str = "cpu") -> dict:  # fmt: skip
     """A regressor checkpoint on HMR2.0 / MOYO evaluation files → result dict with 'markdown' (Table 1 layout)."""
-    from skelpgt.fitting.models import ensure_models_dir
-
-    from .evaluate import load_model
-
     files = [read_hmr2_npz(p) for p in hmr2_npz] + [read_moyo_npz(p) for p in moyo_npz]
     if not files:
         raise ValueError("give at least one --hmr2-npz or --moyo-npz file")

@@ -11,14 +11,17 @@ prediction. The mean-pose baseline predicts the network's mean (head buffers: up
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 from skelpgt.fitting.keypoints import ROOT_INDEX
+from skelpgt.fitting.models import ensure_models_dir
 
-from .data import DataConfig, eval_batches
+from .data import IMAGENET_MEAN, IMAGENET_STD, DataConfig, eval_batches
 from .losses import BodyModel, projected_keypoints
 from .metrics import ALL_44, EVAL_14, limit_violation_rates, mpjpe, pa_mpjpe, pck, pve
 from .network import Regressor, decode_pose, net_config, pelvis_frame
@@ -58,8 +61,6 @@ def evaluate(
     max_samples: int | None = None,
     device: str = "cpu",
 ) -> dict:
-    from skelpgt.fitting.models import ensure_models_dir
-
     model, ck = load_model(checkpoint, device)
     body = BodyModel(ensure_models_dir(models_dir)).to(device)
     frame = tuple(map(tuple, pelvis_frame(body.skel).double().tolist()))
@@ -143,10 +144,6 @@ def _fmt(x: float) -> str:
 
 def save_grid(path: Path, items: list, cols: int = 4) -> None:
     """PNG grid of crops with ground-truth (green) and predicted (red) 2D keypoints."""
-    from PIL import Image, ImageDraw
-
-    from .data import IMAGENET_MEAN, IMAGENET_STD
-
     if not items:
         return
     h, w = 256, 192
@@ -165,8 +162,6 @@ def save_grid(path: Path, items: list, cols: int = 4) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(description="evaluate a regressor checkpoint on a release split")
     ap.add_argument("checkpoint")
     ap.add_argument("release")

@@ -24,6 +24,7 @@ timm / ViTPose / HMR2.0 ViT key names and returns a `BackboneReport` (see `load_
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -462,8 +463,6 @@ def load_backbone(module: nn.Module, state_dict: dict, strict: bool = True, src_
     is reported as unexpected; tensors of the wrong shape are not loaded and reported. `strict`:
     raise if any of our keys is missing or mismatched.
     """
-    import logging
-
     vit = module.backbone if isinstance(module, Regressor) else module
     own = vit.state_dict()
     out, rep = {}, BackboneReport()

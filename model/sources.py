@@ -13,19 +13,19 @@ import glob
 import os
 from pathlib import Path
 
+from braceexpand import braceexpand
+
+from skelpgt.datasets.release import MANIFEST, list_rounds, open_release, open_shards
+
 
 def is_release(spec: str | os.PathLike) -> bool:
     """Whether `spec` is one of our releases (a round folder with manifest.json, or a folder of such rounds)."""
-    from skelpgt.datasets.release import MANIFEST, list_rounds
-
     p = Path(spec)
     return p.is_dir() and ((p / MANIFEST).is_file() or bool(list_rounds(p)))
 
 
 def tar_urls(spec: str | os.PathLike) -> list[str]:
     """Tar-set spec (brace range, glob, folder, file; `::`-joined) → the tar paths, in spec order; each must exist."""
-    from braceexpand import braceexpand
-
     urls: list[str] = []
     for part in str(spec).split("::"):
         for item in braceexpand(part):
@@ -48,8 +48,6 @@ def tar_urls(spec: str | os.PathLike) -> list[str]:
 
 def open_source_persons(spec: str | os.PathLike, round: int | None = None, **kw):
     """One pass over a source's persons (`open_release(..., per_person=True)` fields), release or tar set alike."""
-    from skelpgt.datasets.release import open_release, open_shards
-
     if is_release(spec):
         return open_release(spec, round, per_person=True, **kw)
     return open_shards(tar_urls(spec), per_person=True, **kw)

@@ -19,6 +19,7 @@ Mixed precision (bf16 autocast for the network; the body model and losses stay f
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skelpgt.fitting.models import ensure_models_dir
+from tqdm import tqdm
 
 from .data import DataConfig, make_loader, source_counts
 from .losses import BodyModel, LossWeights, compute_losses
@@ -202,8 +205,6 @@ def train_step(model, body: BodyModel, optim, batch: dict, cfg: TrainConfig, ste
 
 
 def train(cfg: TrainConfig) -> dict:
-    from skelpgt.fitting.models import ensure_models_dir
-
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = setup_distributed(device)
     if device.type == "cuda" and world > 1:
@@ -243,8 +244,6 @@ def train(cfg: TrainConfig) -> dict:
     ckpt = None
     bar = None
     if cfg.progress and rank == 0:
-        from tqdm import tqdm
-
         bar = tqdm(total=cfg.steps, initial=start, desc="train")
     model.train()
     t0, n_img = time.perf_counter(), 0
@@ -279,8 +278,6 @@ def train(cfg: TrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m skelpgt.model.train RELEASE OUT_DIR [--steps N ...]` or `... --config CFG.json` (works under torchrun)."""
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("release", nargs="?", help="release folder or HSMR-v1 tar set ('/data/aic/{000000..000209}.tar', a glob, a folder)")
     ap.add_argument("out_dir", nargs="?")
