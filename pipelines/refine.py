@@ -22,13 +22,12 @@ from prefect.utilities.annotations import quote
 
 from skelpgt.datasets.release import read_manifest
 from skelpgt.datasets.rounds import find_truth
-from skelpgt.datasets.shards import ShardInfo
 from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.models import ensure_models_dir
 from skelpgt.fitting.skelify import Skelify, SkelifyConfig
 from skelpgt.model import predict as regressor
-from skelpgt.pipelines.runners import results_with_progress, task_runner
+from skelpgt.pipelines.runners import results_with_progress, task_runner, write_parts_as_tasks
 from skelpgt.pipelines.usecases import refine
 from skelpgt.pipelines.usecases.report import errors_vs_truth
 
@@ -59,14 +58,6 @@ def record_round(plan: refine.RoundPlan, files: list[str]) -> tuple[dict, dict]:
     return refine.record_round(plan, files)
 
 
-@task(name="write-round-shard", cache_policy=NO_CACHE, retries=1)
-def write_round_shard(part: list, labels: dict, skips: dict, stage: str, index: int, release: str, round: int) -> ShardInfo:
-    """Release shard `index` of round N+1 into the staging folder."""
-    info = refine.write_round_shard(part, labels, skips, stage, index=index, release=release, round=round)
-    get_run_logger().info("%s: %d images, %d persons, sha256 %s", info.name, info.samples, info.persons, info.sha256[:12])
-    return info
-
-
 def task_steps(models: str, config: SkelifyConfig, device: str, torch_threads: int) -> refine.RoundSteps:
     """The round's parallel steps as this module's tasks, on the calling flow's task runner."""
 
@@ -79,12 +70,8 @@ def task_steps(models: str, config: SkelifyConfig, device: str, torch_threads: i
         futures = skelify_chunk.map(jobs, unmapped(str(folder)), unmapped(models), unmapped(config), unmapped(device), unmapped(torch_threads))
         return results_with_progress(futures, "refine-labels-progress", "chunks of persons SKELified")
 
-    def write_shards(shards: list, stage: Path, release: str, round: int) -> list[ShardInfo]:
-        futures = [write_round_shard.submit(part, labels, skips, str(stage), i, release, round) for i, (part, labels, skips) in enumerate(shards)]
-        return [f.result() for f in futures]
-
     record = lambda plan, files: record_round(quote(plan), files)  # noqa: E731  (quoted: Prefect would scan every label of the plan)
-    return refine.RoundSteps(fit, record, write_shards, predict)
+    return refine.RoundSteps(fit, record, write_parts_as_tasks, predict)
 
 
 @flow(name="refine-round")

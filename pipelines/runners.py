@@ -1,10 +1,18 @@
-"""Task runners of the flows (one task at a time in-process, or Dask: `dask_address`) and their progress artifacts."""
+"""Task runners of the flows (one task at a time in-process, or Dask: `dask_address`), their progress artifacts,
+and the shard-writing task that `refine-labels` and `release-shards` share."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+
+from skelpgt.datasets.samples import Part, write_part
+from skelpgt.datasets.shards import ShardInfo
 
 
 def task_runner(dask_address: str | None):
@@ -27,4 +35,18 @@ def results_with_progress(futures: list, key: str, description: str) -> list:
     progress = create_progress_artifact(0.0, key=key, description=description)
     for done, _ in enumerate(as_completed(futures), start=1):
         update_progress_artifact(progress, 100.0 * done / len(futures))
+    return [f.result() for f in futures]
+
+
+@task(name="write-round-shard", cache_policy=NO_CACHE, retries=1)
+def write_round_shard(part: Part, labels: dict, skips: dict, stage: str, index: int, release: str, round: int) -> ShardInfo:
+    """Release shard `index` of a round into its staging folder (`samples.write_part`)."""
+    info = write_part(part, labels, skips, stage, index=index, release=release, round=round)
+    get_run_logger().info("%s: %d images, %d persons, sha256 %s", info.name, info.samples, info.persons, info.sha256[:12])
+    return info
+
+
+def write_parts_as_tasks(shards: list[tuple[Part, dict, dict]], stage: Path, release: str, round: int) -> list[ShardInfo]:
+    """`samples.write_parts` with one `write-round-shard` task per shard, on the calling flow's task runner."""
+    futures = [write_round_shard.submit(part, labels, skips, str(stage), i, release, round) for i, (part, labels, skips) in enumerate(shards)]
     return [f.result() for f in futures]

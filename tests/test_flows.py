@@ -17,7 +17,7 @@ from skelpgt.datasets import LabelStore, read_manifest, verify_release
 from skelpgt.datasets.testing import make_hmr2_tar
 from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.convert import ConvertConfig, Converter
-from skelpgt.pipelines.usecases import BuildConfig, build_round0, convert_locally
+from skelpgt.pipelines.usecases import BuildConfig, ReshardConfig, build_round0, convert_locally, reshard
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
@@ -116,6 +116,10 @@ def test_release_shards_reshards_the_current_labels(prefect_api, sources, tmp_pa
     assert manifest["counts"] == built["manifest"]["counts"]
     assert manifest["label_digest"] != ""
     assert verify_release(tmp_path / "w" / "releases" / "small", store=tmp_path / "w" / "labels.h5").ok
+    # the flow (a task per shard) and the direct call are one path: the same manifest, so the same shard bytes
+    flow_bytes = (Workdir(tmp_path / "w").round("small", 0) / "manifest.json").read_bytes()
+    direct = reshard(tmp_path / "w", ReshardConfig("synthetic", 0, samples_per_shard=2, name="small"))
+    assert (direct.folder / "manifest.json").read_bytes() == flow_bytes
 
 
 def test_train_regressor_flow_trains_and_evaluates(prefect_api, sources, tmp_path):

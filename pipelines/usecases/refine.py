@@ -43,8 +43,8 @@ release shard (`predict.predict_round`), `plan_round` reads round N and cuts fix
 plain arrays, so they travel to any worker); `run_chunk` scores a chunk's current labels and
 SKELifies it into a candidates file under `<workdir>/refine/<release>/round-<N+1>-<config digest>/`
 (atomic, named by a digest of its inputs); `record_round`, the only label-store writer, appends the
-candidates chunk by chunk and sets round N+1's labels; `write_round_shard` writes one release shard
-(`release_parts`: round N's images per shard, over the sources' image streams); `finish_round`
+candidates chunk by chunk and sets round N+1's labels; `samples.write_part` writes one release shard
+(`samples.release_parts`: round N's images per shard, over the sources' image streams); `finish_round`
 writes the manifest. A chunk's numbers depend only on its own inputs, so any number of workers
 gives the same rows and bytes.
 
@@ -71,7 +71,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import os
 import signal
@@ -91,8 +90,8 @@ from skelpgt.datasets.quarantine import read_quarantine
 from skelpgt.datasets.records import SkelLabel
 from skelpgt.datasets.release import QUARANTINE, RoundFacts, clear_staging, finalize_release, read_manifest, release_lock, resolve_round
 from skelpgt.datasets.rounds import dataset_meta
-from skelpgt.datasets.samples import quarantined_keys, release_samples_of, source_images
-from skelpgt.datasets.shards import ShardInfo, ShardWriter
+from skelpgt.datasets.samples import part_inputs, quarantined_keys, release_parts, source_images, write_parts
+from skelpgt.datasets.shards import ShardInfo
 from skelpgt.datasets.workdir import Workdir
 from skelpgt.fitting.camera import FOCAL_NORMALISED, crop_intrinsics, fit_focal, full_image_intrinsics, normalise_keypoints
 from skelpgt.fitting.keypoints import flip_keypoints_normalised
@@ -217,7 +216,7 @@ class RoundSteps:
     """How a round's parallel steps run (in this process: `refine_locally`; the `refine-labels` flow passes its tasks).
 
     fit(jobs, candidates folder) → candidate files (job order); record(plan, files) → (labels, totals), the only
-    store writer; write_shards([(part, labels, skips)], stage, release, round) → ShardInfos (release order);
+    store writer; write_shards([(part, labels, skips)], stage, release, round) → ShardInfos (release order; `samples.write_parts`);
     predict(checkpoint, [(release shard, part file)], models_dir, device) → part files (same order)."""
 
     fit: Callable[[list[ChunkJob], Path], list]
@@ -228,11 +227,7 @@ class RoundSteps:
 
 def refine_locally(skelify: Skelify) -> RoundSteps:
     """RoundSteps that run one step after the other in this process, fitting with `skelify`."""
-
-    def write_shards(shards: list, stage: Path, release: str, round: int) -> list[ShardInfo]:
-        return [write_round_shard(part, labels, skips, stage, index=i, release=release, round=round) for i, (part, labels, skips) in enumerate(shards)]
-
-    return RoundSteps(lambda jobs, folder: [run_chunk(job, skelify, folder) for job in jobs], record_round, write_shards)
+    return RoundSteps(lambda jobs, folder: [run_chunk(job, skelify, folder) for job in jobs], record_round, write_parts)
 
 
 def refine_round(
@@ -257,7 +252,8 @@ def refine_round(
     new_labels, totals = steps.record(plan, files)
     with release_lock(workdir, config.release):
         stage = clear_staging(workdir, config.release, plan.to_round)
-        shards = [(part, *part_inputs(plan, part, new_labels)) for part in release_parts(plan)]
+        per_image = dict(plan.images)
+        shards = [(part, *part_inputs(per_image, plan.skips, part, new_labels)) for part in release_parts(plan.images, plan.samples_per_shard)]
         report = finish_round(plan, steps.write_shards(shards, stage, config.release, plan.to_round), totals)
     return dataclasses.replace(report, checkpoint=checkpoint)
 
@@ -440,43 +436,6 @@ def record_round(plan: RoundPlan, files: list[str | os.PathLike]) -> tuple[dict,
             _tally(totals, job, cand, current, rows, new_labels)
         store.carry_forward(plan.from_round, plan.to_round)  # unlabelled or skipped persons keep their label
     return new_labels, totals
-
-
-def release_parts(plan: RoundPlan) -> list[list[tuple[str, int, int]]]:
-    """Round N+1's release shards as [(source, first image, end image)] runs of the sources' image streams, `samples_per_shard` each."""
-    size = plan.samples_per_shard
-    parts: list[list[tuple[str, int, int]]] = []
-    filled = size
-    for source, per_image in plan.images:
-        start = 0
-        while start < len(per_image):
-            if filled == size:
-                parts.append([])
-                filled = 0
-            take = min(size - filled, len(per_image) - start)
-            parts[-1].append((source, start, start + take))
-            start, filled = start + take, filled + take
-    return parts
-
-
-def part_inputs(plan: RoundPlan, part: list[tuple[str, int, int]], labels: dict) -> tuple[dict, dict]:
-    """What one release shard's writer needs, and no more (it may run on another machine): its persons'
-    labels ({key: [orig, flip]}) and its sources' quarantined keys."""
-    per_image = dict(plan.images)
-    keys = [k for source, first, end in part for image in per_image[source][first:end] for k in image]
-    return {k: labels[k] for k in keys}, {source: plan.skips[source] for source, _, _ in part}
-
-
-def write_round_shard(
-    part: list[tuple[str, int, int]], labels: dict, skips: dict, stage: str | os.PathLike, *, index: int, release: str, round: int
-) -> ShardInfo:
-    """Release shard `index` in `stage`: the images of `part` (`release_parts`) with their labels; `skips`: {source: quarantined keys}."""
-    with ShardWriter(stage, prefix=release, samples_per_shard=1 << 30, start_index=index) as writer:
-        for source, first, end in part:
-            images = itertools.islice(source_images(source, skips[source]), first, end)
-            for sample in release_samples_of(images, labels, round=round, release=release):
-                writer.write(sample)
-    return writer.infos[0]
 
 
 def finish_round(plan: RoundPlan, infos: list[ShardInfo], totals: dict) -> RoundReport:

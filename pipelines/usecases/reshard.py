@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from skelpgt.datasets.labelstore import LabelStore
 from skelpgt.datasets.provenance import code_version
 from skelpgt.datasets.quarantine import read_quarantine
-from skelpgt.datasets.release import QUARANTINE, RoundFacts, read_manifest, resolve_round, write_release
-from skelpgt.datasets.samples import release_samples
+from skelpgt.datasets.release import QUARANTINE, RoundFacts, clear_staging, finalize_release, read_manifest, release_lock, resolve_round
+from skelpgt.datasets.samples import image_keys, part_inputs, quarantined_keys, release_parts, write_parts
 from skelpgt.datasets.workdir import Workdir
 
 from .build import Released
@@ -25,8 +26,11 @@ class ReshardConfig:
     name: str | None = None
 
 
-def reshard(workdir: str | os.PathLike, config: ReshardConfig) -> Released:
-    """Write the current labels of the round (label store) as the new release's same-numbered round → Released."""
+def reshard(workdir: str | os.PathLike, config: ReshardConfig, write_shards: Callable = write_parts) -> Released:
+    """Write the current labels of the round (label store) as the new release's same-numbered round → Released.
+
+    `write_shards([(part, labels, skips)], stage, release, round)` writes the shards (default: in this
+    process; the `release-shards` flow passes its task per shard)."""
     workdir = Workdir.of(workdir)
     folder = resolve_round(workdir.release(config.release), config.round)
     manifest = read_manifest(folder)
@@ -39,6 +43,11 @@ def reshard(workdir: str | os.PathLike, config: ReshardConfig) -> Released:
     name = config.name or f"{config.release}-x{config.samples_per_shard}"
     release_config = {**manifest["config"], "resharded_from": f"{config.release}/round-{config.round}", "samples_per_shard": config.samples_per_shard}
     facts = RoundFacts(name, config.round, manifest.get("parent_round"), release_config, code_version(), quarantine)
-    samples = release_samples(sources, labels, round=config.round, release=name, quarantine=quarantine)
-    written = write_release(workdir, facts, samples, samples_per_shard=config.samples_per_shard, overwrite=True)
+    skips = dict(zip(sources, quarantined_keys(sources, quarantine)))
+    images = image_keys(sources, skips, labels)
+    per_image = dict(images)
+    shards = [(part, *part_inputs(per_image, skips, part, labels)) for part in release_parts(images, config.samples_per_shard)]
+    with release_lock(workdir, name):
+        stage = clear_staging(workdir, name, config.round)
+        written = finalize_release(workdir, facts, shard_infos=write_shards(shards, stage, name, config.round), overwrite=True)
     return Released(workdir.round(name, config.round), written)
