@@ -12,7 +12,7 @@ import numpy as np
 
 from .labelstore import open_store
 from .quarantine import Quarantine, read_quarantine
-from .release import _ROUND_DIR as _ROUND_NAME
+from .workdir import ROUND_NAME
 from .release import MANIFEST, QUARANTINE, RELEASE_FORMAT, _combined_label_digest, config_digest, resolve_round
 from .shards import ShardInfo, _label_digest_update, iter_shard, person_index_of, sha256_file
 
@@ -44,6 +44,7 @@ class VerifyReport:
 def _store_check(
     report: VerifyReport, store_path: str | os.PathLike, ids: np.ndarray, keys: list[str], sides: np.ndarray, arrays: dict[str, np.ndarray], manifest: dict
 ) -> None:
+    """Shard labels (ids, person keys, sides, (N, k) float32 arrays) vs the label store's rows: existence, owner, round, source, values."""
     with open_store(store_path) as st:
         n = len(st)
         missing = (ids < 0) | (ids >= n)
@@ -85,10 +86,10 @@ def _store_check(
 
 def _check_manifest_fields(rep: VerifyReport, rdir: Path, manifest: dict) -> None:
     """Manifest fields that are not checksums: round, release, parent round, config digest, sources."""
-    m = _ROUND_NAME.match(rdir.name)
+    m = ROUND_NAME.match(rdir.name)
     if m and manifest.get("round") != int(m.group(1)):
         rep.errors.append(f"manifest round {manifest.get('round')!r} but the folder is {rdir.name}")
-    if _ROUND_NAME.match(rdir.name) and manifest.get("release") != rdir.parent.name:
+    if ROUND_NAME.match(rdir.name) and manifest.get("release") != rdir.parent.name:
         rep.errors.append(f"manifest release {manifest.get('release')!r} but the folder is releases/{rdir.parent.name}")
     parent = manifest.get("parent_round")
     if parent is not None and not (isinstance(parent, int) and 0 <= parent < int(manifest.get("round", 0))):
@@ -132,7 +133,30 @@ def verify_release(path: str | os.PathLike, round: int | None = None, *, store: 
     return rep
 
 
-def _verify_round(rep: VerifyReport, rdir: Path, manifest: dict, store) -> None:
+@dataclass
+class _StoreLabels:
+    """Labels the shards carry, gathered for the `--store` cross-check: label ids, person keys, sides and arrays."""
+
+    ids: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    sides: list[str] = field(default_factory=list)
+    arrays: dict[str, list] = field(default_factory=lambda: {"poses": [], "betas": [], "trans": []})
+
+    def add(self, key: str, persons: list[dict]) -> None:
+        """One sample's key + person dicts -> remember every side that has a label (label id >= 0)."""
+        for i, person in enumerate(persons):
+            for side in ("orig", "flip"):
+                lid = int(person[f"{side}_label_id"])
+                if lid >= 0:
+                    self.ids.append(lid)
+                    self.keys.append(f"{key}_{person_index_of(person, i)}")
+                    self.sides.append(side)
+                    for name in self.arrays:
+                        self.arrays[name].append(person[f"{side}_{name}"])
+
+
+def _check_listing(rep: VerifyReport, rdir: Path, manifest: dict) -> None:
+    """Shards on disk that the manifest does not list (errors) and leftover *.tmp files (warnings)."""
     listed = {s["name"] for s in manifest["shards"]}
     on_disk = {p.name for p in rdir.glob("*.tar")}
     for extra in sorted(on_disk - listed):
@@ -140,59 +164,65 @@ def _verify_round(rep: VerifyReport, rdir: Path, manifest: dict, store) -> None:
     for tmp in sorted(p.name for p in rdir.glob("*.tmp")):
         rep.warnings.append(f"{tmp}: leftover temporary file")
 
-    _check_manifest_fields(rep, rdir, manifest)
-    bad_person: list[str] = []
-    infos: list[ShardInfo] = []
-    ids_all, keys_all, sides_all = [], [], []
-    arrays_all: dict[str, list] = {"poses": [], "betas": [], "trans": []}
-    want_labels = store is not None
-    for s in manifest["shards"]:
-        p = rdir / s["name"]
-        if not p.is_file():
-            rep.errors.append(f"{s['name']}: missing")
-            continue
-        size = p.stat().st_size
-        if size != s["bytes"]:
-            rep.errors.append(f"{s['name']}: size {size} != manifest {s['bytes']}")
-        digest = sha256_file(p)
-        if digest != s["sha256"]:
-            rep.errors.append(f"{s['name']}: sha256 mismatch (file {digest[:16]}…, manifest {s['sha256'][:16]}…)")
-        h = hashlib.sha256()
-        q = Quarantine()
-        n_s = n_p = n_l = 0
-        for sample in iter_shard(p, q):
-            n_s += 1
-            n_p += len(sample.persons)
-            for person in sample.persons:
-                if isinstance(person, dict) and (person.get("round"), person.get("release")) != (manifest.get("round"), manifest.get("release")):
-                    bad_person.append(f"{s['name']}: {sample.key}: person says round {person.get('round')!r} of {person.get('release')!r}")
-            try:
-                n_l += _label_digest_update(h, sample.key, sample.persons)
-            except (KeyError, TypeError, ValueError) as exc:
-                rep.errors.append(f"{s['name']}: sample {sample.key} lacks label fields ({exc})")
-                continue
-            if want_labels:
-                for i, person in enumerate(sample.persons):
-                    for side in ("orig", "flip"):
-                        lid = int(person[f"{side}_label_id"])
-                        if lid >= 0:
-                            ids_all.append(lid)
-                            keys_all.append(f"{sample.key}_{person_index_of(person, i)}")
-                            sides_all.append(side)
-                            for name in arrays_all:
-                                arrays_all[name].append(person[f"{side}_{name}"])
-        for e in q:
-            rep.errors.append(f"{s['name']}: {e.key}: {e.reason}")
-        for label, got in (("samples", n_s), ("persons", n_p), ("labelled", n_l)):
-            if got != s[label]:
-                rep.errors.append(f"{s['name']}: {label} {got} != manifest {s[label]}")
-        if h.hexdigest() != s["label_digest"]:
-            rep.errors.append(f"{s['name']}: label digest mismatch")
-        infos.append(ShardInfo(s["name"], digest, size, n_s, n_p, n_l, h.hexdigest()))
 
-    if bad_person:
-        rep.errors.append(f"{len(bad_person)} person(s) disagree with the manifest's round/release (e.g. {bad_person[0]})")
-    c = manifest["counts"]
+def _off_round_persons(name: str, key: str, persons: list, manifest: dict) -> list[str]:
+    """One sample's persons -> a line for each whose round/release differs from the manifest's."""
+    return [
+        f"{name}: {key}: person says round {person.get('round')!r} of {person.get('release')!r}"
+        for person in persons
+        if isinstance(person, dict) and (person.get("round"), person.get("release")) != (manifest.get("round"), manifest.get("release"))
+    ]
+
+
+def _scan_shard(
+    rep: VerifyReport, path: Path, manifest: dict, labels: _StoreLabels | None, bad_person: list[str]
+) -> tuple[int, int, int, str]:
+    """Read one shard -> (samples, persons, labelled, label digest hex); damage and missing label fields go to `rep`."""
+    name = path.name
+    h = hashlib.sha256()
+    q = Quarantine()
+    n_s = n_p = n_l = 0
+    for sample in iter_shard(path, q):
+        n_s += 1
+        n_p += len(sample.persons)
+        bad_person += _off_round_persons(name, sample.key, sample.persons, manifest)
+        try:
+            n_l += _label_digest_update(h, sample.key, sample.persons)
+        except (KeyError, TypeError, ValueError) as exc:
+            rep.errors.append(f"{name}: sample {sample.key} lacks label fields ({exc})")
+            continue
+        if labels is not None:
+            labels.add(sample.key, sample.persons)
+    for e in q:
+        rep.errors.append(f"{name}: {e.key}: {e.reason}")
+    return n_s, n_p, n_l, h.hexdigest()
+
+
+def _check_shard(
+    rep: VerifyReport, rdir: Path, s: dict, manifest: dict, labels: _StoreLabels | None, bad_person: list[str]
+) -> ShardInfo | None:
+    """One manifest shard entry -> its ShardInfo as found on disk (None if missing); size, sha256, counts, label digest."""
+    p = rdir / s["name"]
+    if not p.is_file():
+        rep.errors.append(f"{s['name']}: missing")
+        return None
+    size = p.stat().st_size
+    if size != s["bytes"]:
+        rep.errors.append(f"{s['name']}: size {size} != manifest {s['bytes']}")
+    digest = sha256_file(p)
+    if digest != s["sha256"]:
+        rep.errors.append(f"{s['name']}: sha256 mismatch (file {digest[:16]}…, manifest {s['sha256'][:16]}…)")
+    n_s, n_p, n_l, label_digest = _scan_shard(rep, p, manifest, labels, bad_person)
+    for label, got in (("samples", n_s), ("persons", n_p), ("labelled", n_l)):
+        if got != s[label]:
+            rep.errors.append(f"{s['name']}: {label} {got} != manifest {s[label]}")
+    if label_digest != s["label_digest"]:
+        rep.errors.append(f"{s['name']}: label digest mismatch")
+    return ShardInfo(s["name"], digest, size, n_s, n_p, n_l, label_digest)
+
+
+def _check_counts(rep: VerifyReport, c: dict, infos: list[ShardInfo]) -> None:
+    """Manifest counts vs the shards' totals, and in = persons + quarantined, unlabelled = persons - labelled."""
     tot = {k: sum(getattr(i, k) for i in infos) for k in ("samples", "persons", "labelled")}
     for k, v in tot.items():
         if v != c[k]:
@@ -201,35 +231,58 @@ def _verify_round(rep: VerifyReport, rdir: Path, manifest: dict, store) -> None:
         rep.errors.append(f"counts do not add up: in {c['in']} != persons {c['persons']} + quarantined {c['quarantined']}")
     if c["unlabelled"] != c["persons"] - c["labelled"]:
         rep.errors.append("counts.unlabelled != persons - labelled")
+
+
+def _check_quarantine(rep: VerifyReport, rdir: Path, manifest: dict) -> None:
+    """quarantine.jsonl vs the manifest: present, sha256, number of entries and entries per kind."""
     qpath = rdir / QUARANTINE
     if not qpath.is_file():
         rep.errors.append("quarantine.jsonl missing")
-    else:
-        if sha256_file(qpath) != manifest["quarantine"]["sha256"]:
-            rep.errors.append("quarantine.jsonl: sha256 mismatch")
-        try:
-            entries = read_quarantine(qpath)
-            n_q = len(entries)
-            if n_q != c["quarantined"]:
-                rep.errors.append(f"quarantine.jsonl has {n_q} entries, manifest says {c['quarantined']}")
-            by_kind: dict[str, int] = {}
-            for e in entries:
-                by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
-            if by_kind != manifest["quarantine"].get("by_kind", by_kind):
-                rep.errors.append(f"quarantine.jsonl kinds {dict(sorted(by_kind.items()))} != manifest {manifest['quarantine']['by_kind']}")
-        except (ValueError, KeyError) as exc:
-            rep.errors.append(f"quarantine.jsonl unreadable: {exc}")
+        return
+    if sha256_file(qpath) != manifest["quarantine"]["sha256"]:
+        rep.errors.append("quarantine.jsonl: sha256 mismatch")
+    try:
+        entries = read_quarantine(qpath)
+        n_q = len(entries)
+        if n_q != manifest["counts"]["quarantined"]:
+            rep.errors.append(f"quarantine.jsonl has {n_q} entries, manifest says {manifest['counts']['quarantined']}")
+        by_kind: dict[str, int] = {}
+        for e in entries:
+            by_kind[e.kind] = by_kind.get(e.kind, 0) + 1
+        if by_kind != manifest["quarantine"].get("by_kind", by_kind):
+            rep.errors.append(f"quarantine.jsonl kinds {dict(sorted(by_kind.items()))} != manifest {manifest['quarantine']['by_kind']}")
+    except (ValueError, KeyError) as exc:
+        rep.errors.append(f"quarantine.jsonl unreadable: {exc}")
+
+
+def _check_against_store(rep: VerifyReport, store: str | os.PathLike, labels: _StoreLabels, manifest: dict) -> None:
+    """The `--store` cross-check of the gathered labels; a missing or unreadable labels.h5 is one error."""
+    if not labels.ids:
+        rep.checked["labels checked against store"] = 0
+        return
+    try:
+        _store_check(
+            rep, store, np.asarray(labels.ids, np.int64), labels.keys, np.asarray(labels.sides, dtype=object),
+            {k: np.stack(v).astype(np.float32) for k, v in labels.arrays.items()}, manifest,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:  # missing, unreadable or truncated labels.h5
+        rep.errors.append(f"label store {store}: {exc}")
+
+
+def _verify_round(rep: VerifyReport, rdir: Path, manifest: dict, store: str | os.PathLike | None) -> None:
+    """All checks of one round folder against its manifest (and the store, if given), errors in report order."""
+    _check_listing(rep, rdir, manifest)
+    _check_manifest_fields(rep, rdir, manifest)
+    labels = _StoreLabels() if store is not None else None
+    bad_person: list[str] = []
+    infos = [info for s in manifest["shards"] if (info := _check_shard(rep, rdir, s, manifest, labels, bad_person)) is not None]
+    if bad_person:
+        rep.errors.append(f"{len(bad_person)} person(s) disagree with the manifest's round/release (e.g. {bad_person[0]})")
+    c = manifest["counts"]
+    _check_counts(rep, c, infos)
+    _check_quarantine(rep, rdir, manifest)
     if len(infos) == len(manifest["shards"]) and _combined_label_digest(infos) != manifest["label_digest"]:
         rep.errors.append("release label digest mismatch")
     rep.checked.update({"shards": len(manifest["shards"]), **{f"counts.{k}": v for k, v in c.items()}})
-    if want_labels:
-        if ids_all:
-            try:
-                _store_check(
-                    rep, store, np.asarray(ids_all, np.int64), keys_all, np.asarray(sides_all, dtype=object),
-                    {k: np.stack(v).astype(np.float32) for k, v in arrays_all.items()}, manifest,
-                )  # fmt: skip
-            except (OSError, ValueError) as exc:  # missing, unreadable or truncated labels.h5
-                rep.errors.append(f"label store {store}: {exc}")
-        else:
-            rep.checked["labels checked against store"] = 0
+    if labels is not None:
+        _check_against_store(rep, store, labels, manifest)
