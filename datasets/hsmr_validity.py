@@ -13,7 +13,6 @@ from typing import Iterable
 
 import numpy as np
 
-from .quarantine import Quarantine
 
 PVE_MAX_VALID = 0.06  # m: stage 8, `pve_max < 0.06`
 BETA_VALID = 3.0  # stage 10: `max|β| > 3` → has_betas = False
@@ -56,13 +55,3 @@ def summary(per_shard: Iterable[dict]) -> dict:
         "pve_max_valid_m": PVE_MAX_VALID,
         "max_abs_beta_valid": BETA_VALID,
     }
-
-
-def shard_counts(path) -> dict:
-    """Re-read one release shard → its counts (for shards finalised without the writer's ShardInfo)."""
-    from .shards import iter_shard  # import cycle: shards imports count_invalid from this module at its top
-
-    counts: Counter = Counter()
-    for sample in iter_shard(path, Quarantine()):
-        count_invalid(sample.persons, counts)
-    return dict(counts)

@@ -25,8 +25,8 @@ from .atomic import atomic_write_bytes, fsync_dir
 from .labelstore_index import key_hash
 from .locks import FileLock
 from .quarantine import Quarantine, QuarantineEntry, read_quarantine
-from .workdir import ROUND_NAME, MANIFEST, Workdir, check_release_name, list_rounds
-from .shards import OutSample, ShardInfo, ShardWriter, person_index_of, sha256_file, shard_label_digest
+from .workdir import MANIFEST, ROUND_NAME, Workdir, list_rounds
+from .shards import OutSample, ShardInfo, ShardWriter, person_index_of, sha256_file, shard_invalid_counts, shard_label_digest
 
 RELEASE_FORMAT = "skelpgt-release/1"
 QUARANTINE = "quarantine.jsonl"
@@ -82,7 +82,7 @@ def shard_info_of(path: str | os.PathLike) -> ShardInfo:
     digest, n_s, n_p, n_l = shard_label_digest(p)
     return ShardInfo(
         name=p.name, sha256=sha256_file(p), bytes=p.stat().st_size, samples=n_s, persons=n_p, labelled=n_l, label_digest=digest,
-        hsmr_invalid=hsmr_validity.shard_counts(p),
+        hsmr_invalid=shard_invalid_counts(p),
     )  # fmt: skip
 
 

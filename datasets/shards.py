@@ -405,6 +405,14 @@ def shard_label_digest(path: str | os.PathLike) -> tuple[str, int, int, int]:
     return h.hexdigest(), n_s, n_p, n_l
 
 
+def shard_invalid_counts(path: str | os.PathLike) -> dict:
+    """Re-read one release shard → its counts of labels HSMR's loader would not fully use (`hsmr_validity.count_invalid`)."""
+    counts: Counter = Counter()
+    for sample in iter_shard(path, Quarantine()):
+        count_invalid(sample.persons, counts)
+    return dict(counts)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """File -> hex sha256 of its bytes."""
     h = hashlib.sha256()

@@ -18,8 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from skelpgt.datasets.conversion import ShardConversion, record_round0
 from skelpgt.datasets.conversion import write_release_shard as write_shard
-from skelpgt.datasets.release import check_release_name
-from skelpgt.datasets.workdir import Workdir
+from skelpgt.datasets.workdir import Workdir, check_release_name
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.device import check_flow_device
 from skelpgt.fitting.models import ensure_models_dir

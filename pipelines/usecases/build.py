@@ -31,10 +31,10 @@ from skelpgt.datasets.conversion import (
 from skelpgt.datasets.provenance import code_version, models_identity
 from skelpgt.datasets.quarantine import Quarantine, QuarantineEntry
 from skelpgt.datasets.readers import ReadCounts, read_source, source_files
-from skelpgt.datasets.release import RoundFacts, check_rebuild, check_release_name, clear_staging, finalize_release, release_lock
+from skelpgt.datasets.release import RoundFacts, check_rebuild, clear_staging, finalize_release, release_lock
 from skelpgt.datasets.shards import sha256_file
 from skelpgt.datasets.synthetic import make_synthetic_dataset
-from skelpgt.datasets.workdir import Workdir
+from skelpgt.datasets.workdir import Workdir, check_release_name
 from skelpgt.fitting.camera import normalise_keypoints
 from skelpgt.fitting.convert import ConvertConfig, Converter
 from skelpgt.fitting.genders import convert_by_gender
