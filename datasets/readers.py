@@ -191,13 +191,7 @@ def read_npz(
         body_pose, betas, trans = params.pose, params.betas, params.trans
         # kept in each person's extra_info (and so in the release): which SMPL body, what frame rate
         extra = {"mocap_framerate": params.framerate} if params.framerate is not None else {}
-        has_smpl = np.asarray(z["has_smpl"]) if "has_smpl" in files else np.ones(n, bool)
-        center = np.asarray(z["center"], np.float64) if "center" in files else np.zeros((n, 2))
-        scale = np.asarray(z["scale"], np.float64) if "scale" in files else np.zeros((n, 2))
-        if scale.ndim == 1 and scale.shape[0] == n:
-            scale = np.repeat(scale[:, None], 2, axis=1)
-        if scale_in_pixels:
-            scale = scale / 200.0
+        has_smpl, center, scale = _npz_boxes(z, files, n, scale_in_pixels)
         kps = _keypoints_from_npz(z, n, sink, src)
         if kps is None:
             return
@@ -216,12 +210,7 @@ def read_npz(
         seen[image_key] = pidx + 1
         image = b""
         if root is not None and names is not None:
-            try:
-                image = (root / str(names[i])).read_bytes()
-            except OSError as exc:
-                sink.bad(QuarantineEntry(person_key(image_key, pidx), src, "image", f"unreadable: {exc.strerror or exc}"))
-                continue
-            bad = check_image_bytes(image, ext)
+            image, bad = _npz_image(root / str(names[i]), ext)
             if bad:
                 sink.bad(QuarantineEntry(person_key(image_key, pidx), src, "image", bad))
                 continue
@@ -244,6 +233,27 @@ def read_npz(
         if not isinstance(rec, QuarantineEntry) and params.genders[i]:
             rec = dataclasses.replace(rec, gender=params.genders[i])
         yield from sink.route(rec)
+
+
+def _npz_boxes(z, files: set[str], n: int, scale_in_pixels: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """has_smpl (N,), center (N,2) px and scale (N,2) in bbox/200 units of an npz (defaults: all SMPL, zeros)."""
+    has_smpl = np.asarray(z["has_smpl"]) if "has_smpl" in files else np.ones(n, bool)
+    center = np.asarray(z["center"], np.float64) if "center" in files else np.zeros((n, 2))
+    scale = np.asarray(z["scale"], np.float64) if "scale" in files else np.zeros((n, 2))
+    if scale.ndim == 1 and scale.shape[0] == n:
+        scale = np.repeat(scale[:, None], 2, axis=1)
+    if scale_in_pixels:
+        scale = scale / 200.0
+    return has_smpl, center, scale
+
+
+def _npz_image(path: Path, ext: str) -> tuple[bytes, str]:
+    """An npz person's image file → (its bytes, '') or (b'', why it is unusable)."""
+    try:
+        image = path.read_bytes()
+    except OSError as exc:
+        return b"", f"unreadable: {exc.strerror or exc}"
+    return image, check_image_bytes(image, ext) or ""
 
 
 def source_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:

@@ -455,6 +455,9 @@ def save_npz_deterministic(path: str | os.PathLike, arrays: dict[str, np.ndarray
     atomic_write_bytes(path, buf.getvalue())
 
 
+_TRUTH_FIELDS = ("pose", "betas", "trans", "labelled", "global_orient_crop", "palette")
+
+
 def make_synthetic_dataset(
     out_dir: str | os.PathLike,
     n_images: int,
@@ -470,56 +473,11 @@ def make_synthetic_dataset(
         raise ValueError("n_images and shard_size must be >= 1")
     t0 = time.perf_counter()
     out = Path(out_dir)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
     mdir = ensure_models_dir(models_dir)
     gen = _Generator(mdir, seed, image_size, tuple(people_per_image), hard_fraction)
-    shards: list[Path] = []
-    fields = ("pose", "betas", "trans", "labelled", "global_orient_crop", "palette")
-    truth: dict[str, list] = {k: [] for k in ("key", "image_key", "person_index", *fields)}
-    members: list[tuple[str, bytes]] = []
-    n_persons = n_labelled = 0
-
-    def flush() -> None:
-        path = shard_dir / f"synthetic-{len(shards):06d}.tar"
-        atomic_write_bytes(path, _tar_bytes(members), fsync=False)
-        shards.append(path)
-        members.clear()
-
-    for i, img in enumerate(gen.images(0, n_images)):
-        members += [(f"{img.key}.jpg", img.jpeg), (f"{img.key}.data.pyd", dump_pyd(img.persons))]
-        for j, t in enumerate(img.truth):
-            truth["key"].append(f"{img.key}_{j}")
-            truth["image_key"].append(img.key)
-            truth["person_index"].append(j)
-            for name in fields:
-                truth[name].append(t[name])
-            n_labelled += int(t["labelled"])
-        n_persons += len(img.persons)
-        if (i + 1) % shard_size == 0:
-            flush()
-    if members:
-        flush()
-    for stale in shard_dir.glob("synthetic-*.tar"):  # shards of an earlier, larger run
-        if stale not in shards:
-            stale.unlink()
-    fsync_dir(shard_dir)
-    cam = gen.cam
-    arrays = {
-        "key": np.array(truth["key"]),
-        "image_key": np.array(truth["image_key"]),
-        "person_index": np.array(truth["person_index"], np.int64),
-        "pose": np.stack(truth["pose"]).astype(np.float32),
-        "betas": np.stack(truth["betas"]).astype(np.float32),
-        "trans": np.stack(truth["trans"]).astype(np.float32),
-        "labelled": np.array(truth["labelled"], bool),
-        "global_orient_crop": np.stack(truth["global_orient_crop"]).astype(np.float32),
-        "palette": np.stack(truth["palette"]).astype(np.float32),
-        "focal": np.float64(cam.focal),
-        "principal_point": np.array([cam.cx, cam.cy]),
-        "image_size": np.int64(image_size),
-    }
-    save_npz_deterministic(out / "truth.npz", arrays)
+    shards, truth = _write_shards(gen, n_images, shard_size, out / "shards")
+    n_persons, n_labelled = len(truth["key"]), int(sum(truth["labelled"]))
+    save_npz_deterministic(out / "truth.npz", _truth_arrays(truth, gen.cam, image_size))
     meta = {
         "format": FORMAT,
         "n_images": int(n_images),
@@ -534,8 +492,8 @@ def make_synthetic_dataset(
         "models_digest": models_digest(mdir),
         "camera": {
             "model": "pinhole",
-            "focal_px": cam.focal,
-            "principal_point_px": [cam.cx, cam.cy],
+            "focal_px": gen.cam.focal,
+            "principal_point_px": [gen.cam.cx, gen.cam.cy],
             "frame": "x right, y down, z forward (metres); pixel centres at integers",
         },
         "truth": (
@@ -548,3 +506,53 @@ def make_synthetic_dataset(
     meta_path = out / "dataset.json"
     atomic_write_bytes(meta_path, canonical_json(meta), fsync=False)
     return SyntheticDatasetInfo(out, tuple(shards), out / "truth.npz", meta_path, int(n_images), n_persons, n_labelled, time.perf_counter() - t0)
+
+
+def _write_shards(gen: _Generator, n_images: int, shard_size: int, shard_dir: Path) -> tuple[list[Path], dict[str, list]]:
+    """Render the images into `shard_dir`/synthetic-NNNNNN.tar, `shard_size` each (stale larger-run shards removed) → (shards, per-person truth lists)."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    shards: list[Path] = []
+    truth: dict[str, list] = {k: [] for k in ("key", "image_key", "person_index", *_TRUTH_FIELDS)}
+    members: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        path = shard_dir / f"synthetic-{len(shards):06d}.tar"
+        atomic_write_bytes(path, _tar_bytes(members), fsync=False)
+        shards.append(path)
+        members.clear()
+
+    for i, img in enumerate(gen.images(0, n_images)):
+        members += [(f"{img.key}.jpg", img.jpeg), (f"{img.key}.data.pyd", dump_pyd(img.persons))]
+        for j, t in enumerate(img.truth):
+            truth["key"].append(f"{img.key}_{j}")
+            truth["image_key"].append(img.key)
+            truth["person_index"].append(j)
+            for name in _TRUTH_FIELDS:
+                truth[name].append(t[name])
+        if (i + 1) % shard_size == 0:
+            flush()
+    if members:
+        flush()
+    for stale in shard_dir.glob("synthetic-*.tar"):  # shards of an earlier, larger run
+        if stale not in shards:
+            stale.unlink()
+    fsync_dir(shard_dir)
+    return shards, truth
+
+
+def _truth_arrays(truth: dict[str, list], cam, image_size: int) -> dict[str, np.ndarray]:
+    """Per-person truth lists + the camera → the arrays of truth.npz (float32 bodies, the pinhole intrinsics px)."""
+    return {
+        "key": np.array(truth["key"]),
+        "image_key": np.array(truth["image_key"]),
+        "person_index": np.array(truth["person_index"], np.int64),
+        "pose": np.stack(truth["pose"]).astype(np.float32),
+        "betas": np.stack(truth["betas"]).astype(np.float32),
+        "trans": np.stack(truth["trans"]).astype(np.float32),
+        "labelled": np.array(truth["labelled"], bool),
+        "global_orient_crop": np.stack(truth["global_orient_crop"]).astype(np.float32),
+        "palette": np.stack(truth["palette"]).astype(np.float32),
+        "focal": np.float64(cam.focal),
+        "principal_point": np.array([cam.cx, cam.cy]),
+        "image_size": np.int64(image_size),
+    }
