@@ -62,10 +62,6 @@ class Workdir:
     def __fspath__(self) -> str:
         return os.fspath(self.root)
 
-    def resolved(self) -> Workdir:
-        """The same folder as an absolute path (what flows record, so workers anywhere agree)."""
-        return Workdir(self.root.resolve())
-
     @property
     def labels(self) -> Path:
         return self.root / "labels.h5"
