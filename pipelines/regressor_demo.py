@@ -3,9 +3,8 @@
     python -m skelpgt.pipelines.regressor_demo WORKDIR [--images 600] [--steps 600] [--arch vit-tiny-conv] [--release DIR | --toy]
 
 By default renders the synthetic dataset (`skelpgt data make-synthetic`) and converts it to a
-round-0 release with the use case `build-pseudo-gt` runs (`usecases.build_round0`, in one process, no
-Prefect), then trains with
-the `from-scratch` recipe. `--release DIR` uses an existing release instead; `--toy` a release of
+round-0 release with the use case `build-pseudo-gt` runs (`usecases.build_round0`, in one process,
+no Prefect), then trains with the `from-scratch` recipe. `--release DIR` uses an existing release instead; `--toy` a release of
 disc images (`model.testing.make_skel_release`). Writes WORKDIR/run (checkpoints) and WORKDIR/eval
 (eval.md, eval.json, predictions.png) and prints the table.
 """
@@ -29,7 +28,7 @@ from skelpgt.pipelines.usecases.build import BuildConfig, build_round0, convert_
 def synthetic_release(workdir: str | Path, models_dir: str | Path, images: int, seed: int = 0) -> Path:
     """Render `images` synthetic images and build their round-0 release `<workdir>/releases/synthetic/round-0` (reused if present)."""
     wd = Workdir.of(workdir)
-    if wd.rounds("synthetic")[:1] == [0]:
+    if 0 in wd.rounds("synthetic"):
         return wd.round("synthetic", 0)
     config = BuildConfig(release="synthetic", synthetic_images=images, synthetic_seed=seed)
     return build_round0(wd, config, convert_locally(Converter.from_models_dir(models_dir))).folder

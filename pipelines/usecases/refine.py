@@ -39,8 +39,8 @@ through it cut 2D error ~10× and made labels ~5× worse in 3D (benchmarks/skeli
 
 Steps (`refine_round` is the one sequence; its `RoundSteps` run the parallel ones in this process
 or, from the `refine-labels` flow, as tasks on any task runner): predictions of a checkpoint per
-release shard (`predict.predict_round`), `plan_round` reads round N and cuts fixed chunks of `batch_size` persons per side (`ChunkJob`s:
-plain arrays, so they travel to any worker); `run_chunk` scores a chunk's current labels and
+release shard (`predict.predict_round`); `plan_round` reads round N and cuts fixed chunks of
+`batch_size` persons per side (`ChunkJob`s: plain arrays, so they travel to any worker); `run_chunk` scores a chunk's current labels and
 SKELifies it into a candidates file under `<workdir>/refine/<release>/round-<N+1>-<config digest>/`
 (atomic, named by a digest of its inputs); `record_round`, the only label-store writer, appends the
 candidates chunk by chunk and sets round N+1's labels; `samples.write_part` writes one release shard

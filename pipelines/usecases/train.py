@@ -49,7 +49,6 @@ class Trained:
     world: int
     metrics: dict | None = None
     sources: dict | None = None
-    out_dir: Path | None = None
 
 
 def train_config(workdir: Workdir, config: TrainRoundConfig, round: int) -> TrainConfig:
@@ -80,13 +79,13 @@ def train_round(workdir: str | os.PathLike, config: TrainRoundConfig, launch: La
         result = train_distributed(cfg, launch, emit)
         if not result:
             emit(f"node {launch.node_rank}: training done; node 0 evaluates")
-            return Trained(None, 0, 0, launch.world, out_dir=out)
+            return Trained(None, 0, 0, launch.world)
     else:
         cfg.write_json(out / "train_config.json")
         result = train(cfg)
     metrics = evaluate(result["checkpoint"], workdir.release(config.release), round=round, split="val", models_dir=config.models_dir, out_dir=out / "eval")
     emit(f"checkpoint {result['checkpoint']}: steps {result['start_step']} → {result['step']}")
-    return Trained(str(result["checkpoint"]), result["start_step"], result["step"], launch.world, metrics, result.get("sources"), out)
+    return Trained(str(result["checkpoint"]), result["start_step"], result["step"], launch.world, metrics, result.get("sources"))
 
 
 def finished_step(out: Path, steps: int) -> int | None:
